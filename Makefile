@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export MELEEWM_DATA ?= $(CURDIR)/data
 export MELEEWM_TEST_REPLAYS ?= $(abspath $(CURDIR)/../shared/replays)
 
-.PHONY: venv run test lint ui bench-parse clean
+.PHONY: venv run test lint ui bench-parse bench-pipeline clean
 
 venv: $(VENV)/.installed
 
@@ -22,10 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: venv
-	$(VENV)/bin/meleewm parse
-	$(VENV)/bin/meleewm manifest
+	$(PY) -m meleewm_pipeline.run_all
 
+# The browser tests (tests/browser) drive Debian's chromium; the script installs it once via apt-get.
 test: venv
+	bash scripts/install_browser.sh
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -38,6 +39,9 @@ ui: venv
 
 bench-parse: venv
 	$(PY) bench/parse.py
+
+bench-pipeline: venv
+	$(PY) bench/pipeline.py --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,8 +1,10 @@
 """Safe extraction of replay archives (.zip, .7z): only .slp files come out, nothing escapes.
 
-Refused with ``UnsafeArchiveError`` (naming archive and entry): entries with an absolute path or
-a ``..`` component, symbolic links, and archives whose expanded size or compression ratio is
-absurd (zip bombs). A corrupt archive raises ``CorruptArchiveError``. Files are written through
+Entries with an absolute path or a ``..`` component and symbolic links are refused one by one:
+they are skipped, named with their reason in ``ExtractSummary.refused_entries``, and the rest of
+the archive is extracted (one hostile entry in a tournament dump should not cost its 10,000 good
+replays). An archive whose expanded size or compression ratio is absurd (a zip bomb) is refused
+whole with ``UnsafeArchiveError`` naming the archive and the entry. A corrupt archive raises ``CorruptArchiveError``. Files are written through
 a temporary name and renamed, so an interrupted extraction leaves no half file; an entry already
 extracted with the same size is not written again.
 """
@@ -43,6 +45,13 @@ class CorruptArchiveError(ValueError):
     """The archive cannot be read."""
 
 
+class RefusedEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entry: str
+    reason: str
+
+
 class ExtractSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,6 +62,9 @@ class ExtractSummary(BaseModel):
     already_present: int = 0
     ignored_entries: int = Field(default=0, description="entries that are not .slp (not extracted)")
     expanded_bytes: int = 0
+    refused_entries: list[RefusedEntry] = Field(
+        default_factory=list, description="entries skipped because they escape or are links"
+    )
 
 
 def _safe_relative(archive: Path, name: str) -> PurePosixPath:
@@ -146,9 +158,13 @@ def _plan(archive: Path, entries, summary: ExtractSummary) -> list[tuple[str, Pu
     planned = []
     total = 0
     for name, expanded, compressed, is_dir, is_link in entries:
-        relative = _safe_relative(archive, name)
-        if is_link:
-            raise UnsafeArchiveError(archive, name, "symbolic link")
+        try:
+            relative = _safe_relative(archive, name)
+            if is_link:
+                raise UnsafeArchiveError(archive, name, "symbolic link")
+        except UnsafeArchiveError as refused:
+            summary.refused_entries.append(RefusedEntry(entry=name, reason=refused.reason))
+            continue
         if is_dir:
             continue
         total += expanded

@@ -1,0 +1,200 @@
+"""Every knob of encoding, model and training, as pydantic models that reject unknown keys.
+
+An experiment is a YAML file in ``experiments/`` holding a few overrides of these defaults; its
+file name is its name and the name of its run folder. ``load_experiment`` merges the file with
+command-line overrides (dotted keys, e.g. ``{"train.epochs": 3}``) and validates the result, so a
+typo or a wrong type fails before any data is touched.
+
+This module imports only pydantic, yaml and the standard library: checkpoints carry these configs
+and must load on a GPU machine that lacks polars and peppi.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OovPolicy = Literal["clamp", "error"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncodingConfig(StrictModel):
+    """Encoding v2.2 of the reference implementation (ScavieFae/nojohns ``worldmodel/``, Feb 2026).
+
+    The defaults reproduce it bit for bit; ``encoding.EncodingSpec`` derives every dimension and
+    column index from these fields.
+    """
+
+    # Multipliers that bring each continuous field to roughly unit range (slippi-ai's embed scales).
+    percent_scale: float = 0.01
+    xy_scale: float = 0.05
+    shield_scale: float = 0.01
+    velocity_scale: float = 0.05
+    state_age_scale: float = 0.01
+    hitlag_scale: float = 0.1
+    stocks_scale: float = 0.25
+    combo_count_scale: float = 0.1
+
+    # Categorical vocabularies and learned-embedding widths. 400 actions cover every character
+    # except Kirby's copy abilities (ids up to 537); 538 covers every action id.
+    action_vocab: int = Field(400, ge=1)
+    action_embed_dim: int = Field(32, ge=1)
+    jumps_vocab: int = Field(8, ge=1)
+    jumps_embed_dim: int = Field(4, ge=1)
+    character_vocab: int = Field(33, ge=1)
+    character_embed_dim: int = Field(8, ge=1)
+    l_cancel_vocab: int = Field(3, ge=1)
+    l_cancel_embed_dim: int = Field(2, ge=1)
+    hurtbox_vocab: int = Field(3, ge=1)
+    hurtbox_embed_dim: int = Field(2, ge=1)
+    ground_vocab: int = Field(32, ge=1)
+    ground_embed_dim: int = Field(4, ge=1)
+    last_attack_vocab: int = Field(64, ge=1)
+    last_attack_embed_dim: int = Field(8, ge=1)
+    stage_vocab: int = Field(33, ge=1)
+    stage_embed_dim: int = Field(4, ge=1)
+
+    # Experiment 1a: state_age as a learned embedding instead of a scaled float.
+    state_age_as_embed: bool = False
+    state_age_embed_vocab: int = Field(150, ge=1)
+    state_age_embed_dim: int = Field(8, ge=1)
+    # Experiment 2a: 16 rising-edge button features (8 buttons x 2 players) in the conditioning.
+    press_events: bool = False
+
+    # What happens to a categorical value outside its vocabulary: "clamp" maps it to the last id
+    # (the reference's behaviour, so v2.2 stays reproducible) and counts it; "error" stops encoding
+    # and names the game, field and value.
+    oov_policy: OovPolicy = "clamp"
+
+    def encoding_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class ModelConfig(StrictModel):
+    """Which model (by registry name) and its sizes. ``heads`` chooses what it predicts."""
+
+    name: str = "frame_stack_mlp"
+    context_len: int = Field(10, ge=1)
+    hidden_dim: int = Field(512, ge=1)
+    trunk_dim: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # "v22": the reference's heads (percent/x/y/shield deltas, binaries, action, jumps).
+    # "full_state": every field the next context frame needs, so a rollout can feed itself.
+    heads: Literal["v22", "full_state"] = "v22"
+    # Start from "repeat the last frame" and learn departures from it: the last frame's category
+    # and binary values add a learned bonus to their logits, and the delta head starts at zero.
+    # Repeating the last frame is right on ~93% of frames; the reference had to learn that.
+    persistence_prior: bool = False
+    # Per continuous field a "does it change?" logit; the delta is applied only where it says yes
+    # and is trained on changing frames only. Sparse fields (damage, shield) then stay exactly
+    # unchanged on the frames where nothing happens, instead of drifting by a regression's mean.
+    delta_gate: bool = False
+
+
+class LossWeights(StrictModel):
+    """Per-head loss weights. The first four are the reference's; the rest weigh the full-state heads."""
+
+    continuous: float = 1.0
+    binary: float = 0.5
+    action: float = 2.0
+    jumps: float = 0.5
+    velocity: float = 0.5
+    dynamics: float = 0.5
+    categorical: float = 0.5
+    change_gate: float = 0.5
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_fraction: float = Field(0.0, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+    # "mse" is the reference's loss on the continuous deltas (in encoded units, so position
+    # dominates and damage is barely learned). "mse_normalized" divides each delta by its
+    # training-set standard deviation. "huber_normalized" divides by the field's mean absolute
+    # change and uses a Huber loss: respawn teleports (a delta 300x the typical one) no longer
+    # dominate, and the loss tracks the MAE the metrics report.
+    continuous_loss: Literal["mse", "mse_normalized", "huber_normalized"] = "mse"
+    loss_weights: LossWeights = LossWeights()
+    device: str = "auto"
+    # "auto": GPU-resident on CUDA, in RAM otherwise. "memmap" streams from the shard files.
+    loader: Literal["auto", "memory", "memmap", "gpu"] = "auto"
+    seed: int = 0
+    # Percent of games (by MD5) in the training split; the rest validate.
+    train_percent: int = Field(90, ge=1, le=99)
+    max_games: int | None = Field(None, ge=1)
+    # "eligible": the manifest's training games (two humans, a minute or more). "two_players":
+    # every parsed two-player game, CPU and short ones too, as the reference trained on (for
+    # comparisons with its figures; encoded into their own shard folder).
+    games: Literal["eligible", "two_players"] = "eligible"
+    # Caps for quick runs and tests; None means the whole split.
+    max_train_batches: int | None = Field(None, ge=1)
+    max_val_batches: int | None = Field(None, ge=1)
+    val_batch_size: int | None = Field(None, ge=1)
+    # torch.compile the model; None: on CUDA only (2x there, compilation costs more than it
+    # saves on a short CPU run).
+    compile: bool | None = None
+    # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Training-split metrics are gathered on every Nth batch (validation uses every batch): at
+    # small batch sizes the metric ops cost as much as the training step.
+    train_metrics_every: int = Field(8, ge=1)
+    wandb: bool = True
+    wandb_project: str = "meleewm"
+
+
+class ExperimentConfig(StrictModel):
+    name: str
+    description: str = ""
+    encoding: EncodingConfig = EncodingConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class ConfigError(ValueError):
+    """An experiment file or override is malformed; the message names the file and the key."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted_key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML, apply dotted-key ``overrides`` (None values are ignored), validate."""
+    import yaml
+
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"experiment file not found: {path}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {type(tree).__name__}")
+    if "name" in tree and tree["name"] != path.stem:
+        raise ConfigError(f"{path}: name {tree['name']!r} differs from the file name {path.stem!r}")
+    tree["name"] = path.stem
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from error

@@ -1,0 +1,113 @@
+"""FrameStackMLP v2.2: K encoded frames + the next frame's controllers -> the next frame's state.
+
+Per context frame: the float row, then each categorical's learned embedding (player 0's fields,
+player 1's, then stage; one table per field, shared by both players); K such frames are flattened
+and the conditioning appended (1,846 inputs at the defaults). Trunk Linear(in, 512)-ReLU-Dropout-
+Linear(512, 256)-ReLU-Dropout. All heads are one Linear whose output is split by name (the same
+parameters as one Linear per head, fewer kernel launches). 1,304,182 parameters at the defaults.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from meleewm_core.config import EncodingConfig, ModelConfig
+from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, head_layout
+
+
+class FrameStackMLP(nn.Module):
+    def __init__(self, encoding: EncodingConfig, model: ModelConfig):
+        super().__init__()
+        self.spec = EncodingSpec(encoding)
+        self.layout = head_layout(self.spec, model.heads)
+        self.context_len = model.context_len
+        spec = self.spec
+
+        self.embeddings = nn.ModuleDict(
+            {name: nn.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
+        )
+        # Both players' int columns of each categorical, gathered in one lookup.
+        for name in spec.categorical_fields:
+            cols = [spec.int_col(p, name) for p in range(NUM_PLAYERS)]
+            self.register_buffer(f"cols_{name}", torch.tensor(cols), persistent=False)
+
+        input_dim = spec.model_input_dim(model.context_len)
+        self.trunk = nn.Sequential(
+            nn.Linear(input_dim, model.hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(model.dropout),
+            nn.Linear(model.hidden_dim, model.trunk_dim),
+            nn.ReLU(),
+            nn.Dropout(model.dropout),
+        )
+        num_deltas = len(self.layout.continuous_cols)
+        self.head_sizes = {
+            "continuous_delta": num_deltas,
+            "binary_logits": len(self.layout.binary_cols),
+            **{key: vocab for key, _, _, vocab in self.layout.logit_heads},
+        }
+        self.delta_gate = model.delta_gate
+        if model.delta_gate:
+            self.head_sizes["continuous_change_logits"] = num_deltas
+        self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
+
+        self.persistence_prior = model.persistence_prior
+        if model.persistence_prior:
+            with torch.no_grad():
+                self.heads.weight[:num_deltas].zero_()
+                self.heads.bias[:num_deltas].zero_()
+            # One learned weight per binary and per categorical head for the last frame's value;
+            # ``calibrate_persistence`` sets them from the data before training.
+            self.binary_prior = nn.Parameter(torch.full((len(self.layout.binary_cols),), 2.0))
+            self.categorical_prior = nn.Parameter(torch.full((len(self.layout.logit_heads),), 2.0))
+            self.register_buffer("binary_cols", torch.tensor(self.layout.binary_cols), persistent=False)
+
+    @torch.no_grad()
+    def calibrate_persistence(self, binary_rates: torch.Tensor, categorical_rates: torch.Tensor,
+                              min_rate: float = 0.99) -> None:
+        """Start each prior at the log-odds of "the value repeats" measured on the training data,
+        so the untrained model is calibrated persistence for that field.
+
+        Only fields that repeat on at least ``min_rate`` of frames get a prior (binaries, character,
+        ground, l_cancel, hurtbox, last attack): a field that changes more often (action: 7% of
+        frames) learns its changes from the trunk much faster without one (3 epochs: action-change
+        accuracy 0.05 with the prior, 0.33 without).
+        """
+        p = binary_rates.clamp(0.5, 0.9999)
+        self.binary_prior.copy_(torch.where(binary_rates >= min_rate, torch.log(p / (1 - p)), 0.0))
+        vocabs = torch.tensor([vocab for _, _, _, vocab in self.layout.logit_heads], dtype=torch.float32,
+                              device=categorical_rates.device)
+        q = torch.maximum(categorical_rates, 1 / vocabs).clamp(max=0.9999)
+        prior = torch.log(q / (1 - q) * (vocabs - 1)).clamp(min=0.0)
+        self.categorical_prior.copy_(torch.where(categorical_rates >= min_rate, prior, 0.0))
+
+    def embed_frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
+        """(B, K, float_per_frame) + (B, K, int_per_frame) -> (B, K, frame_embed_dim)."""
+        batch, frames, _ = int_ctx.shape
+        per_player = [
+            self.embeddings[name](int_ctx.index_select(2, getattr(self, f"cols_{name}")))  # (B, K, 2, d)
+            for name in self.spec.categorical_fields
+        ]
+        players = torch.cat(per_player, dim=-1).reshape(batch, frames, -1)  # [p0 fields | p1 fields]
+        stage = self.embeddings["stage"](int_ctx[:, :, self.spec.stage_col])
+        return torch.cat([float_ctx.to(players.dtype), players, stage], dim=-1)
+
+    def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, next_ctrl: torch.Tensor) -> dict[str, torch.Tensor]:
+        frames = self.embed_frames(float_ctx, int_ctx)
+        x = torch.cat([frames.flatten(1), next_ctrl.to(frames.dtype)], dim=1)
+        out = self.heads(self.trunk(x))
+        outputs = dict(zip(self.head_sizes, out.split(list(self.head_sizes.values()), dim=1), strict=True))
+        if self.persistence_prior:
+            last_binary = float_ctx[:, -1].index_select(1, self.binary_cols).to(out.dtype)
+            outputs["binary_logits"] = outputs["binary_logits"] + self.binary_prior * (2 * last_binary - 1)
+            for i, (key, player, name, _) in enumerate(self.layout.logit_heads):
+                last = int_ctx[:, -1, self.spec.int_col(player, name)]
+                bonus = self.categorical_prior[i].to(out.dtype).expand(len(last), 1)
+                outputs[key] = outputs[key].scatter_add(1, last[:, None], bonus)
+        if self.delta_gate:
+            # The raw delta is what the loss trains; the gated one is the prediction.
+            outputs["continuous_delta_raw"] = outputs["continuous_delta"]
+            changes = (outputs["continuous_change_logits"] > 0).to(out.dtype)
+            outputs["continuous_delta"] = outputs["continuous_delta"] * changes
+        return outputs

@@ -1,0 +1,576 @@
+"""Training, in the spirit of nanoGPT's train.py: read it top to bottom.
+
+``train_run`` is the whole run: resolve the config, make sure the shards exist, open the data,
+build (or resume) the model, then ``fit`` epoch by epoch, writing ``best.pt`` (lowest validation
+loss), ``final.pt`` (the latest epoch) and ``manifest.json`` into ``runs/<experiment>/<run-id>/``.
+``fit`` takes any iterables of ``data.Batch``, so tests and benchmarks feed it synthetic tensors.
+
+A checkpoint holds the weights, optimizer state, epoch, step, the experiment (model, training and
+encoding config) and the loss normalisation, so ``load_checkpoint(path)`` needs no other file.
+
+Imports only torch, numpy, pydantic and the standard library (wandb optionally); encoding shards
+needs polars and is imported only when shards are missing.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from meleewm_core.config import ExperimentConfig
+from meleewm_core.data import FrameData, make_batches, preflight
+from meleewm_core.encoding import EncodingSpec, HeadLayout, head_layout
+from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table
+from meleewm_core.models import build_model, count_parameters
+
+CHECKPOINT_FORMAT = 1
+# Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
+OVERRIDE_KEYS = {
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "max_games": "train.max_games",
+    "device": "train.device",
+    "wandb": "train.wandb",
+    "loader": "train.loader",
+    "max_train_batches": "train.max_train_batches",
+    "max_val_batches": "train.max_val_batches",
+}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the message names the epoch, the batch and the input fields."""
+
+
+class RunResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    best_checkpoint: Path
+    final_checkpoint: Path
+    metrics: dict[str, Any]
+
+
+# --- small pure helpers ------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def learning_rate(step: int, total_steps: int, base_lr: float, warmup_steps: int, min_fraction: float) -> float:
+    """Linear warmup, then cosine decay from ``base_lr`` to ``base_lr * min_fraction``."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * (min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def apply_overrides(experiment: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """Return ``experiment`` with overrides (short names or dotted keys; None means unset) applied."""
+    tree = experiment.model_dump()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        dotted = OVERRIDE_KEYS.get(key, key)
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            if part not in node or not isinstance(node[part], dict):
+                raise KeyError(f"unknown override {key!r}")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"unknown override {key!r}")
+        node[leaf] = value
+    return ExperimentConfig.model_validate(tree)
+
+
+def nonfinite_fields(batch, spec: EncodingSpec) -> list[str]:
+    """Names of input columns of ``batch`` holding NaN or inf, with how many values."""
+    found = []
+    for array_name, names, values in (
+        ("float_ctx", spec.float_names, batch.float_ctx.reshape(-1, batch.float_ctx.shape[-1])),
+        ("next_ctrl", spec.ctrl_names, batch.next_ctrl),
+        ("float_tgt", spec.float_names, batch.float_tgt),
+    ):
+        bad = (~torch.isfinite(values.float())).sum(0).cpu().tolist()
+        found += [f"{array_name}[{names[i]}] ({n} values)" for i, n in enumerate(bad) if n]
+    return found
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module
+    experiment: ExperimentConfig
+    layout: HeadLayout
+    epoch: int
+    step: int
+    state: dict[str, Any]
+
+    @property
+    def spec(self) -> EncodingSpec:
+        return self.layout.spec
+
+
+def save_checkpoint(path: Path, model, optimizer, experiment: ExperimentConfig, **extra) -> None:
+    from meleewm_core.store import atomic_path
+
+    raw_model = getattr(model, "_orig_mod", model)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_state": raw_model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "experiment": experiment.model_dump(),
+        "model_config": experiment.model.model_dump(),
+        "encoding": experiment.encoding.model_dump(),
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model of a checkpoint from the checkpoint alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    experiment = ExperimentConfig.model_validate(state["experiment"])
+    model = build_model(experiment.encoding, experiment.model)
+    model.load_state_dict(state["model_state"])
+    model.to(device).eval()
+    layout = head_layout(EncodingSpec(experiment.encoding), experiment.model.heads)
+    return LoadedCheckpoint(model, experiment, layout, int(state["epoch"]), int(state["step"]), state)
+
+
+# --- one epoch -------------------------------------------------------------------------------------
+
+
+def use_bf16(device: torch.device, precision: str) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+# A loss: (model outputs, batch) -> (total loss, per-head losses). Metrics: an object with
+# ``update(outputs, batch, loss, parts)`` and ``result() -> dict``. Both default to the world
+# model's (``metrics.compute_loss``, ``metrics.MetricAccumulator``); other models (an imitation
+# policy) pass their own and reuse the rest of the trainer.
+LossFn = Callable[[dict[str, torch.Tensor], Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def _default_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_scale) -> LossFn:
+    weights = experiment.train.loss_weights
+    robust = experiment.train.continuous_loss == "huber_normalized"
+    return lambda outputs, batch: compute_loss(outputs, batch, layout, weights, delta_scale, robust)
+
+
+@torch.no_grad()
+def evaluate(model, batches: Iterable, layout: HeadLayout, experiment: ExperimentConfig, device, delta_scale=None,
+             *, loss_fn: LossFn | None = None, make_metrics: Callable[[], Any] | None = None):
+    model.eval()
+    loss_fn = loss_fn or _default_loss(layout, experiment, delta_scale)
+    metrics = make_metrics() if make_metrics else MetricAccumulator(layout)
+    bf16 = use_bf16(device, experiment.train.precision)
+    for batch in batches:
+        with _autocast(device, bf16):
+            outputs = model(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
+        loss, parts = loss_fn(outputs, batch)
+        metrics.update(outputs, batch, loss, parts)
+    return metrics.result()
+
+
+def fit(
+    model: torch.nn.Module,
+    experiment: ExperimentConfig,
+    train_batches: Iterable,
+    val_batches: Iterable,
+    *,
+    device: torch.device,
+    delta_scale: torch.Tensor | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    start_epoch: int = 0,
+    start_step: int = 0,
+    on_epoch: Callable[[dict[str, Any], torch.optim.Optimizer], None] | None = None,
+    progress: bool = True,
+    loss_fn: LossFn | None = None,
+    make_metrics: Callable[[], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Train from ``start_epoch`` to ``experiment.train.epochs``; returns one record per epoch."""
+    from tqdm import tqdm
+
+    cfg = experiment.train
+    spec = EncodingSpec(experiment.encoding)
+    layout = head_layout(spec, experiment.model.heads)
+    context_len = experiment.model.context_len
+    loss_fn = loss_fn or _default_loss(layout, experiment, delta_scale)
+    new_metrics = make_metrics or (lambda: MetricAccumulator(layout))
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=device.type == "cuda")
+    steps_per_epoch = len(train_batches) if hasattr(train_batches, "__len__") else None
+    total_steps = cfg.epochs * steps_per_epoch if steps_per_epoch else None
+    # Checking the loss forces a host sync; on CUDA do it every few steps and keep those batches
+    # so the failing one can still be named and inspected.
+    check_every = 8 if device.type == "cuda" else 1
+    compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    forward = torch.compile(model) if compile_model else model
+    bf16 = use_bf16(device, cfg.precision)
+
+    step = start_step
+    records = []
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        model.train()
+        metrics = new_metrics()
+        recent: collections.deque = collections.deque(maxlen=check_every)
+        started = time.perf_counter()
+        samples = 0
+        bar = tqdm(train_batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not progress, dynamic_ncols=True)
+        for batch_index, batch in enumerate(bar, start=1):
+            if batch_index == 1 and epoch == start_epoch + 1:
+                preflight(batch, spec, context_len)
+            lr = learning_rate(step, total_steps or step + 1, cfg.lr, cfg.warmup_steps, cfg.min_lr_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(device, bf16):
+                outputs = forward(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
+            loss, parts = loss_fn(outputs, batch)
+            recent.append((batch_index, batch, loss.detach()))
+            if len(recent) == check_every or device.type != "cuda":
+                _check_finite(recent, epoch, spec)
+                recent.clear()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if batch_index % cfg.train_metrics_every == 1 or cfg.train_metrics_every == 1:
+                metrics.update(outputs, batch, loss.detach(), parts)
+            step += 1
+            samples += batch.float_ctx.shape[0]
+            if progress and (batch_index % 20 == 0 or batch_index == steps_per_epoch):
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{samples / (time.perf_counter() - started):,.0f}")
+        _check_finite(recent, epoch, spec)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        train_metrics = metrics.result()
+        val_metrics = evaluate(model, val_batches, layout, experiment, device, delta_scale, loss_fn=loss_fn,
+                               make_metrics=make_metrics)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": round(seconds, 3),
+            "train_samples": samples,
+            "samples_per_s": round(samples / seconds, 1) if seconds else None,
+            "train": train_metrics,
+            "val": val_metrics,
+            "beats_persistence": beats_baseline(val_metrics),
+        }
+        records.append(record)
+        if progress:
+            print(f"epoch {epoch}: train loss {train_metrics.get('loss', float('nan')):.4f}  "
+                  f"val loss {val_metrics.get('loss', float('nan')):.4f}  {record['samples_per_s']:,.0f} samples/s")
+            print(format_table(train_metrics, val_metrics))
+        if on_epoch is not None:
+            on_epoch(record, optimizer)
+    return records
+
+
+def _check_finite(recent: collections.deque, epoch: int, spec: EncodingSpec) -> None:
+    if not recent:
+        return
+    losses = torch.stack([loss for _, _, loss in recent])
+    if bool(torch.isfinite(losses).all()):
+        return
+    first = int((~torch.isfinite(losses)).nonzero()[0, 0])
+    batch_index, batch, loss = recent[first]
+    fields = nonfinite_fields(batch, spec)
+    cause = ("non-finite inputs: " + ", ".join(fields)) if fields else (
+        "all inputs finite: the model diverged (lower train.lr or check the loss weights)"
+    )
+    raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, batch {batch_index}: {cause}")
+
+
+# --- the whole run ---------------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("torch", "numpy", "pydantic", "wandb", "polars", "pyarrow", "peppi-py", "meleewm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "packages": versions,
+    }
+
+
+def ensure_shards(experiment: ExperimentConfig, root, *, progress: bool = True) -> Path:
+    """The shard folder for this encoding, encoding any eligible game not yet in it.
+
+    Where polars or peppi are missing (a GPU box that received only the shards), the existing
+    folder for this encoding is used as it is.
+    """
+    from meleewm_core.shards import encode_shards, read_index
+
+    try:
+        shard_set = encode_shards(root, experiment.encoding, max_games=experiment.train.max_games,
+                                  train_percent=experiment.train.train_percent, progress=progress,
+                                  selection=experiment.train.games)
+    except ImportError:
+        candidates = [p.parent for p in sorted(Path(root.shards_dir).glob("*/index.json"))
+                      if read_index(p.parent).encoding == experiment.encoding]
+        if not candidates:
+            raise
+        return candidates[0]
+    if progress and shard_set.new_games:
+        print(f"encoded {shard_set.new_games} new games into {shard_set.path}")
+    return shard_set.path
+
+
+def typical_deltas(data: FrameData, layout: HeadLayout, kind: str, max_rows: int = 2_000_000) -> torch.Tensor:
+    """Typical size of each predicted continuous delta over the training games: the standard
+    deviation (``mse_normalized``) or the mean absolute change of frames where it changes
+    (``huber_normalized``)."""
+    cols = layout.continuous_cols
+    parts, rows = [], 0
+    for game in data.games:
+        if game.split != "train" or rows >= max_rows:
+            continue
+        floats = data.shards[game.shard][0][game.offset : game.offset + game.num_frames, cols]
+        parts.append(np.diff(np.asarray(floats, dtype=np.float64), axis=0))
+        rows += game.num_frames
+    if not parts:
+        return torch.ones(len(cols))
+    deltas = np.concatenate(parts)
+    if kind == "mse_normalized":
+        scale = deltas.std(0)
+    else:
+        changed = np.abs(deltas) > 1e-6
+        scale = np.abs(deltas).sum(0) / np.maximum(changed.sum(0), 1)
+    return torch.tensor(np.maximum(scale, 1e-4), dtype=torch.float32)
+
+
+def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often each binary and each predicted categorical repeats from one frame to the next in
+    the training games."""
+    int_cols = [layout.categorical_col(player, name) for _, player, name, _ in layout.logit_heads]
+    same_binary = np.zeros(len(layout.binary_cols))
+    same_int = np.zeros(len(int_cols))
+    pairs = 0
+    for game in data.games:
+        if game.split != "train" or game.num_frames < 2:
+            continue
+        floats, ints = data.shards[game.shard]
+        rows = slice(game.offset, game.offset + game.num_frames)
+        binary = np.asarray(floats[rows][:, layout.binary_cols])
+        cats = np.asarray(ints[rows][:, int_cols])
+        same_binary += (binary[1:] == binary[:-1]).sum(0)
+        same_int += (cats[1:] == cats[:-1]).sum(0)
+        pairs += game.num_frames - 1
+    pairs = max(pairs, 1)
+    return torch.tensor(same_binary / pairs, dtype=torch.float32), torch.tensor(same_int / pairs, dtype=torch.float32)
+
+
+def train_run(
+    experiment: ExperimentConfig,
+    root,
+    *,
+    dagster_run_id: str | None = None,
+    progress: bool = True,
+    resume: str | Path | None = None,
+    loss_fn: LossFn | None = None,
+    make_metrics: Callable[[], Any] | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Train ``experiment`` on the eligible games under ``root`` and write a run folder."""
+    # 1. Resolve the config and the device.
+    experiment = apply_overrides(experiment, overrides)
+    cfg = experiment.train
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    spec = EncodingSpec(experiment.encoding)
+    layout = head_layout(spec, experiment.model.heads)
+
+    # 2. Data: encode what is missing, open the shards, build batch iterables.
+    folder = ensure_shards(experiment, root, progress=progress)
+    data = FrameData.from_shards(folder, spec, mmap=cfg.loader == "memmap", max_games=cfg.max_games,
+                                 train_percent=cfg.train_percent)
+    train_md5s, val_md5s = data.md5s("train"), data.md5s("val")
+    if not train_md5s or not val_md5s:
+        raise ValueError(
+            f"{folder}: {len(train_md5s)} training and {len(val_md5s)} validation games with "
+            f"train_percent={cfg.train_percent}; both splits need a game (add games or change train.train_percent)"
+        )
+    batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
+    train_batches = make_batches(data, "train", batch_size=cfg.batch_size, shuffle=True,
+                                 max_batches=cfg.max_train_batches, **batch_args)
+    val_batches = make_batches(data, "val", batch_size=cfg.val_batch_size or cfg.batch_size, shuffle=False,
+                               max_batches=cfg.max_val_batches, **batch_args)
+    std = typical_deltas(data, layout, cfg.continuous_loss).to(device) if cfg.continuous_loss != "mse" else None
+
+    # 3. Model and optimizer, fresh or resumed.
+    model = build_model(experiment.encoding, experiment.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    start_epoch = start_step = 0
+    all_epochs: list[dict[str, Any]] = []
+    if resume:
+        loaded = load_checkpoint(resume, device)
+        if loaded.experiment.model != experiment.model or loaded.experiment.encoding != experiment.encoding:
+            raise ValueError(f"{resume}: its model or encoding config differs from experiment {experiment.name!r}")
+        model.load_state_dict(loaded.state["model_state"])
+        optimizer.load_state_dict(loaded.state["optimizer_state"])
+        start_epoch, start_step = loaded.epoch, loaded.step
+        run_dir = Path(resume).parent
+        previous = run_dir / "manifest.json"
+        if previous.is_file():
+            all_epochs = [e for e in json.loads(previous.read_text())["all_epochs"] if e["epoch"] <= start_epoch]
+        run_id = run_dir.name
+    else:
+        if experiment.model.persistence_prior and hasattr(model, "calibrate_persistence"):
+            model.calibrate_persistence(*(rate.to(device) for rate in persistence_rates(data, layout)))
+        run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+        run_dir = Path(root.runs_dir) / experiment.name / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"run {run_dir}: {count_parameters(model):,} parameters, device {device}, "
+              f"{len(train_md5s)} train / {len(val_md5s)} val games, "
+              f"{train_batches.num_windows:,} / {val_batches.num_windows:,} windows")
+        if data.anomalies:
+            print("encoding anomalies (field: kind=count): " + "; ".join(
+                f"{f}: " + ", ".join(f"{k}={v}" for k, v in kinds.items()) for f, kinds in sorted(data.anomalies.items())))
+
+    # 4. wandb: offline files under the run folder unless the user gave a key; off with --no-wandb.
+    wandb_run = _start_wandb(experiment, run_dir, run_id) if cfg.wandb else None
+
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "experiment": experiment.name,
+        "num_params": count_parameters(model),
+        "data_fingerprint": data.data_fingerprint,
+        "game_md5s": {"train": train_md5s, "val": val_md5s},
+        "num_frames": {"train": data.num_frames("train"), "val": data.num_frames("val")},
+        "shards": {"path": str(folder), "encoding_id": folder.name},
+        "encoding_anomalies": data.anomalies,
+        "config": experiment.model_dump(),
+        "encoding": experiment.encoding.model_dump(),
+        "encoding_dims": spec.describe(),
+        "git_commit": _git_commit(),
+        "machine": _machine(device),
+        "dagster_run_id": dagster_run_id,
+        "wandb_run_id": wandb_run.id if wandb_run else None,
+        "resumed_from": str(resume) if resume else None,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "all_epochs": all_epochs,
+    }
+    best_path, final_path = run_dir / "best.pt", run_dir / "final.pt"
+    best_loss = min((e["val"].get("loss", math.inf) for e in all_epochs), default=math.inf)
+
+    def on_epoch(record: dict[str, Any], opt: torch.optim.Optimizer) -> None:
+        nonlocal best_loss
+        all_epochs.append(record)
+        extra = dict(epoch=record["epoch"], step=record["step"], metrics=record["val"],
+                     data_fingerprint=data.data_fingerprint, run_id=run_id,
+                     delta_scale=std.cpu() if std is not None else None)
+        save_checkpoint(final_path, model, opt, experiment, **extra)
+        val_loss = record["val"].get("loss", math.inf)
+        if val_loss < best_loss or not best_path.exists():
+            best_loss = val_loss
+            save_checkpoint(best_path, model, opt, experiment, **extra)
+            manifest["best_epoch"] = record["epoch"]
+        manifest["best_val_loss"] = best_loss
+        manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _write_manifest(run_dir, manifest)
+        if wandb_run is not None:
+            wandb_run.log({**{f"train/{k}": v for k, v in record["train"].items()},
+                           **{f"val/{k}": v for k, v in record["val"].items()},
+                           "epoch": record["epoch"], "lr": record["lr"], "samples_per_s": record["samples_per_s"]},
+                          step=record["step"])
+
+    # 5. Train.
+    try:
+        fit(model, experiment, train_batches, val_batches, device=device, delta_scale=std, optimizer=optimizer,
+            start_epoch=start_epoch, start_step=start_step, on_epoch=on_epoch, progress=progress,
+            loss_fn=loss_fn, make_metrics=make_metrics)
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish()
+    if not all_epochs:
+        raise ValueError(f"nothing to train: the checkpoint is at epoch {start_epoch} of {cfg.epochs}")
+    last = all_epochs[-1]
+    return RunResult(run_dir=run_dir, manifest=manifest, best_checkpoint=best_path, final_checkpoint=final_path,
+                     metrics={**last["val"], "beats_persistence": last["beats_persistence"]})
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    from meleewm_core.store import write_json_atomic
+
+    write_json_atomic(run_dir / "manifest.json", manifest)
+
+
+def _start_wandb(experiment: ExperimentConfig, run_dir: Path, run_id: str):
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is not installed here: logging to the run manifest only (pass --no-wandb to silence)",
+              file=sys.stderr)
+        return None
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project=experiment.train.wandb_project, name=f"{experiment.name}/{run_id}", dir=str(run_dir),
+                      config=experiment.model_dump(), mode=mode, reinit="finish_previous")
+

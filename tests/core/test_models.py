@@ -1,0 +1,99 @@
+"""FrameStackMLP: the v2.2 parameter count, sizes under each flag, shapes, closing the loop."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from meleewm_core.config import EncodingConfig, ModelConfig
+from meleewm_core.encoding import EncodingSpec
+from meleewm_core.models import MODELS, build_model, count_parameters, next_frame
+
+# (state_age_as_embed, press_events, heads) -> parameters; documented in docs/_sections/model.md.
+PARAMETERS = {
+    (False, False, "v22"): 1_304_182,
+    (True, False, "v22"): 1_377_062,
+    (False, True, "v22"): 1_312_374,
+    (True, True, "v22"): 1_385_254,
+    (False, False, "full_state"): 1_378_198,
+    (True, False, "full_state"): 1_527_664,
+    (False, True, "full_state"): 1_386_390,
+    (True, True, "full_state"): 1_535_856,
+}
+
+
+def test_v22_defaults_have_exactly_the_reference_parameter_count():
+    assert count_parameters(build_model(EncodingConfig(), ModelConfig())) == 1_304_182
+
+
+@pytest.mark.parametrize(("state_age", "press", "heads"), list(itertools.product([False, True], [False, True], ["v22", "full_state"])))
+def test_every_flag_combination_has_its_documented_size_and_agreeing_shapes(state_age, press, heads):
+    encoding = EncodingConfig(state_age_as_embed=state_age, press_events=press)
+    model = build_model(encoding, ModelConfig(heads=heads))
+    assert count_parameters(model) == PARAMETERS[(state_age, press, heads)]
+
+    spec = EncodingSpec(encoding)
+    batch = 4
+    ints = torch.zeros(batch, 10, spec.int_per_frame, dtype=torch.long)
+    outputs = model(torch.rand(batch, 10, spec.float_per_frame), ints, torch.rand(batch, spec.ctrl_conditioning_dim))
+    layout = model.layout
+    assert outputs["continuous_delta"].shape == (batch, len(layout.continuous_cols))
+    assert outputs["binary_logits"].shape == (batch, 6)
+    for key, _, _, vocab in layout.logit_heads:
+        assert outputs[key].shape == (batch, vocab)
+    expected_categoricals = set(spec.categorical_fields) if heads == "full_state" else {"action", "jumps"}
+    assert {name for _, _, name, _ in layout.logit_heads} == expected_categoricals
+
+
+def test_next_frame_feeds_a_rollout_with_predicted_and_carried_fields():
+    encoding = EncodingConfig()
+    spec = EncodingSpec(encoding)
+    model = build_model(encoding, ModelConfig(heads="full_state")).eval()
+    float_ctx = torch.rand(2, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 3, (2, 10, spec.int_per_frame))
+    ctrl = torch.rand(2, spec.ctrl_conditioning_dim)
+    outputs = model(float_ctx, int_ctx, ctrl)
+    floats, ints = next_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], ctrl, model.layout)
+    x = spec.float_col(0, "x")
+    delta_index = model.layout.continuous.index("x")
+    assert torch.allclose(floats[:, x], float_ctx[:, -1, x] + outputs["continuous_delta"][:, delta_index])
+    assert torch.equal(floats[:, spec.controller_cols], ctrl[:, :26])
+    assert torch.equal(ints[:, spec.int_col(1, "action")], outputs["p1_action_logits"].argmax(-1))
+    assert torch.equal(ints[:, spec.stage_col], int_ctx[:, -1, spec.stage_col])
+    # The next step accepts it as context.
+    model(torch.cat([float_ctx[:, 1:], floats[:, None]], 1), torch.cat([int_ctx[:, 1:], ints[:, None]], 1), ctrl)
+
+
+def test_unknown_model_name_lists_the_registry():
+    with pytest.raises(ValueError, match="frame_stack_mlp"):
+        build_model(EncodingConfig(), ModelConfig(name="mamba2"))
+    assert "frame_stack_mlp" in MODELS
+
+
+def test_persistence_prior_starts_at_repeat_the_last_frame_and_gate_zeroes_unchanged_fields():
+    encoding = EncodingConfig()
+    spec = EncodingSpec(encoding)
+    model = build_model(encoding, ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True)).eval()
+    float_ctx = torch.rand(8, 10, spec.float_per_frame)
+    binary_cols = model.layout.binary_cols
+    float_ctx[:, :, binary_cols] = float_ctx[:, :, binary_cols].round()
+    int_ctx = torch.randint(0, 3, (8, 10, spec.int_per_frame))
+    ctrl = torch.rand(8, spec.ctrl_conditioning_dim)
+    outputs = model(float_ctx, int_ctx, ctrl)
+    floats, ints = next_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], ctrl, model.layout)
+    # An untrained model already predicts "nothing changes": deltas 0, binaries and categoricals kept.
+    assert torch.equal(outputs["continuous_delta"], torch.zeros_like(outputs["continuous_delta"]))
+    assert torch.equal(floats[:, binary_cols], float_ctx[:, -1, binary_cols])
+    assert torch.equal(ints, int_ctx[:, -1])
+
+    # Once the delta head predicts movement, the gate applies it only where its logit says "changes".
+    num_deltas = outputs["continuous_delta"].shape[1]
+    with torch.no_grad():
+        model.heads.bias[:num_deltas] = 1.0
+    outputs = model(float_ctx, int_ctx, ctrl)
+    gated = outputs["continuous_change_logits"] > 0
+    assert 0 < gated.sum() < gated.numel()
+    assert torch.equal(outputs["continuous_delta"] != 0, gated)
+    assert torch.equal(outputs["continuous_delta"][gated], outputs["continuous_delta_raw"][gated])

@@ -1,0 +1,139 @@
+"""Training on real games: every flag combination, resume, NaN stop, run manifest, wandb offline."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from meleewm_core.config import EncodingConfig, ExperimentConfig, ModelConfig, TrainConfig
+from meleewm_core.data import Batch, FrameData, ResidentBatches, ShapeError
+from meleewm_core.encoding import EncodingSpec
+from meleewm_core.models import build_model
+from meleewm_core.shards import data_fingerprint, encode_shards
+from meleewm_core.store import DataRoot
+from meleewm_core.train import NonFiniteLossError, fit, load_checkpoint, train_run
+
+# Six games; with 50% of MD5s in training both splits hold games (90% would leave validation empty).
+QUICK = TrainConfig(epochs=1, batch_size=64, max_train_batches=3, max_val_batches=2, wandb=False, train_percent=50)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, parsed_root) -> DataRoot:
+    writable = DataRoot(tmp_path_factory.mktemp("train_root"))
+    shutil.copytree(parsed_root.root, writable.root, dirs_exist_ok=True)
+    return writable
+
+
+def experiment(name="quick", train=QUICK, **sections) -> ExperimentConfig:
+    return ExperimentConfig(name=name, train=train, **sections)
+
+
+@pytest.mark.parametrize(("state_age", "press", "heads"), list(itertools.product([False, True], [False, True], ["v22", "full_state"])))
+def test_every_flag_combination_trains_one_short_epoch(root, state_age, press, heads):
+    exp = experiment(
+        encoding=EncodingConfig(state_age_as_embed=state_age, press_events=press), model=ModelConfig(heads=heads)
+    )
+    result = train_run(exp, root, progress=False)
+    assert result.best_checkpoint.is_file() and result.final_checkpoint.is_file()
+    assert math.isfinite(result.metrics["loss"])
+    assert result.manifest["encoding_dims"]["ctrl_conditioning_dim"] == (42 if press else 26)
+    loaded = load_checkpoint(result.best_checkpoint)
+    assert loaded.experiment.encoding == exp.encoding
+    assert loaded.experiment.model.heads == heads and loaded.epoch == 1 and loaded.step == 3
+
+
+def test_resume_continues_from_the_saved_epoch_and_step(root):
+    first = train_run(experiment("resume"), root, progress=False)
+    assert load_checkpoint(first.final_checkpoint).step == 3
+    second = train_run(experiment("resume"), root, progress=False, resume=first.final_checkpoint, epochs=2)
+    assert second.run_dir == first.run_dir
+    loaded = load_checkpoint(second.final_checkpoint)
+    assert (loaded.epoch, loaded.step) == (2, 6)
+    optimizer_steps = {int(s["step"]) for s in loaded.state["optimizer_state"]["state"].values()}
+    assert optimizer_steps == {6}
+    manifest = json.loads((second.run_dir / "manifest.json").read_text())
+    assert [e["epoch"] for e in manifest["all_epochs"]] == [1, 2]
+    assert [e["step"] for e in manifest["all_epochs"]] == [3, 6]
+
+
+def test_planted_nan_stops_the_run_naming_epoch_batch_and_field(root):
+    exp = experiment()
+    spec = EncodingSpec(exp.encoding)
+    folder = encode_shards(root, exp.encoding, progress=False).path
+    data = FrameData.from_shards(folder, spec, train_percent=50)
+    targets = np.concatenate(data.targets("train", 10))  # one shard: rows are global
+    planted_row = int(targets[200])
+    data.shards[0][0][planted_row, spec.float_col(0, "x")] = np.nan
+    first_hit = int(np.nonzero((targets >= planted_row) & (targets <= planted_row + 10))[0][0])
+    expected_batch = first_hit // 32 + 1
+    train = ResidentBatches(data, "train", batch_size=32, context_len=10, shuffle=False)
+    val = ResidentBatches(data, "val", batch_size=32, context_len=10, shuffle=False, max_batches=1)
+    model = build_model(exp.encoding, exp.model)
+    with pytest.raises(NonFiniteLossError, match=rf"epoch 1, batch {expected_batch}: non-finite inputs: .*p0\.x"):
+        fit(model, exp, train, val, device=torch.device("cpu"), progress=False)
+
+
+def test_run_manifest_fields_and_offline_wandb_files(root, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = train_run(experiment("manifest", train=QUICK.model_copy(update={"wandb": True})), root, progress=False,
+                       dagster_run_id="dagster-123")
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    for key in ("num_params", "data_fingerprint", "game_md5s", "config", "encoding", "git_commit", "machine",
+                "all_epochs", "dagster_run_id", "wandb_run_id"):
+        assert key in manifest, key
+    assert manifest["num_params"] == 1_304_182 and manifest["dagster_run_id"] == "dagster-123"
+    md5s = manifest["game_md5s"]["train"] + manifest["game_md5s"]["val"]
+    assert manifest["game_md5s"]["train"] and manifest["game_md5s"]["val"]
+    assert manifest["data_fingerprint"] == data_fingerprint(md5s)
+    assert manifest["machine"]["packages"]["torch"] and manifest["git_commit"]
+    epoch = manifest["all_epochs"][0]
+    for key in ("action_acc", "action_change_acc", "position_mae", "damage_mae", "baseline/position_mae"):
+        assert key in epoch["val"] and key in epoch["train"]
+    assert manifest["wandb_run_id"]
+    offline_runs = list((result.run_dir / "wandb").glob(f"offline-run-*-{manifest['wandb_run_id']}"))
+    assert offline_runs and any(offline_runs[0].glob("*.wandb"))
+
+
+def test_fit_accepts_any_iterable_of_batches_and_preflights_it():
+    exp = experiment()
+    spec = EncodingSpec(exp.encoding)
+
+    def synthetic(n, ctrl_dim=spec.ctrl_conditioning_dim):
+        ints = torch.zeros(n, 11, spec.int_per_frame, dtype=torch.long)
+        floats = torch.rand(n, 11, spec.float_per_frame)
+        return Batch(floats[:, :10], ints[:, :10], torch.rand(n, ctrl_dim), floats[:, 10], ints[:, 10])
+
+    model = build_model(exp.encoding, exp.model)
+    records = fit(model, exp, [synthetic(16) for _ in range(3)], [synthetic(16)], device=torch.device("cpu"), progress=False)
+    assert records[0]["epoch"] == 1 and records[0]["step"] == 3 and math.isfinite(records[0]["val"]["loss"])
+    with pytest.raises(ShapeError, match=r"next_ctrl: shape \(B, 42\), expected \(B, 26\)"):
+        fit(model, exp, [synthetic(16, ctrl_dim=42)], [synthetic(16)], device=torch.device("cpu"), progress=False)
+
+
+def test_experiment_files_load_and_the_full_state_experiment_trains(root):
+    from pathlib import Path
+
+    from meleewm_core.config import load_experiment
+    from meleewm_core.train import apply_overrides
+
+    folder = Path(__file__).resolve().parents[2] / "experiments"
+    names = {p.stem: load_experiment(p) for p in folder.glob("*.yaml")}
+    assert {"baseline-v22", "exp-1a-state-age-embed", "exp-2a-press-events", "exp-3a-full-state"} <= set(names)
+    assert names["baseline-v22"].encoding == EncodingConfig() and names["baseline-v22"].model == ModelConfig()
+
+    quick = {f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()}
+    full_state = apply_overrides(names["exp-3a-full-state"], quick)
+    result = train_run(full_state, root, progress=False)
+    assert result.run_dir.parent.name == "exp-3a-full-state"
+    assert math.isfinite(result.metrics["loss"]) and "loss/change_gate" in result.metrics
+    assert "field/hitlag_mae" in result.metrics and "field/ground_acc" in result.metrics
+    loaded = load_checkpoint(result.best_checkpoint)
+    assert loaded.state["delta_scale"] is not None and loaded.experiment.model.delta_gate
