@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from meleewm_core.cli.model import add_training_arguments, training_overrides
 from meleewm_core.store import DataRoot
 
 EVAL_EPILOG = """\
@@ -62,15 +63,8 @@ def run_train_policy(args: argparse.Namespace) -> int:
     from meleewm_core.config import ConfigError, load_experiment
     from meleewm_core.policy import train_policy_run
 
-    overrides = {
-        "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size,
-        "train.max_games": args.max_games,
-        "train.device": args.device,
-        "train.wandb": False if args.no_wandb else None,
-    }
     try:
-        experiment = load_experiment(args.config, overrides)
+        experiment = load_experiment(args.config, training_overrides(args))
         result = train_policy_run(experiment, DataRoot.from_env(args.data), progress=not args.quiet)
     except (ConfigError, *_errors()) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -112,14 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=run_eval)
 
     policy = subparsers.add_parser("train-policy", help="train the imitation policy (next frame's controllers)")
-    policy.add_argument("--data", help=data_help)
-    policy.add_argument("--config", required=True, help="policy experiment YAML, e.g. experiments/policy-v22.yaml")
-    policy.add_argument("--epochs", type=int, help="override train.epochs")
-    policy.add_argument("--batch-size", type=int, help="override train.batch_size")
-    policy.add_argument("--max-games", type=int, help="train on the first N games (by MD5)")
-    policy.add_argument("--device", help="auto (default), cuda, mps or cpu")
-    policy.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
-    policy.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_arguments(policy, "policy experiment YAML, e.g. experiments/policy-v22.yaml")
     policy.set_defaults(run=run_train_policy)
 
     sim = subparsers.add_parser("simulate", help="world model + policy play from a real start state",

@@ -52,6 +52,28 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_overrides(args: argparse.Namespace) -> dict:
+    """The experiment keys the training flags of ``add_training_arguments`` override."""
+    return {
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.max_games": args.max_games,
+        "train.device": args.device,
+        "train.wandb": False if args.no_wandb else None,
+    }
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    parser.add_argument("--data", help="data root (default $MELEEWM_DATA or ./data)")
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--batch-size", type=int, help="override train.batch_size")
+    parser.add_argument("--max-games", type=int, help="train on the first N games (by MD5)")
+    parser.add_argument("--device", help="auto (default), cuda, mps or cpu")
+    parser.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from meleewm_core.config import ConfigError, load_experiment
     from meleewm_core.data import ShapeError
@@ -60,15 +82,8 @@ def run_train(args: argparse.Namespace) -> int:
     from meleewm_core.train import NonFiniteLossError, train_run
 
     root = DataRoot.from_env(args.data)
-    overrides = {
-        "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size,
-        "train.max_games": args.max_games,
-        "train.device": args.device,
-        "train.wandb": False if args.no_wandb else None,
-    }
     try:
-        experiment = load_experiment(args.config, overrides)
+        experiment = load_experiment(args.config, training_overrides(args))
         result = train_run(experiment, root, resume=args.resume, progress=not args.quiet)
     except (ConfigError, EncodingError, ShardError, ShapeError, NonFiniteLossError, FileNotFoundError,
             ValueError) as error:
@@ -91,13 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser("train", help="train a world model from an experiment YAML",
                                   epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--data", help="data root (default $MELEEWM_DATA or ./data)")
-    train.add_argument("--config", required=True, help="experiment YAML under experiments/")
-    train.add_argument("--epochs", type=int, help="override train.epochs")
-    train.add_argument("--batch-size", type=int, help="override train.batch_size")
-    train.add_argument("--max-games", type=int, help="train on the first N games (by MD5)")
-    train.add_argument("--device", help="auto (default), cuda, mps or cpu")
-    train.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
+    add_training_arguments(train, "experiment YAML under experiments/")
     train.add_argument("--resume", help="checkpoint to continue from (its epoch and step)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     train.set_defaults(run=run_train)
