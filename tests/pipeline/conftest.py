@@ -67,4 +67,6 @@ def experiments_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "experiments"
     folder.mkdir()
     (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY_EXPERIMENT))
+    tiny_policy = {**TINY_EXPERIMENT, "model": {**TINY_EXPERIMENT["model"], "name": "imitation_policy_mlp"}}
+    (folder / "tiny-policy.yaml").write_text(yaml.safe_dump(tiny_policy))
     return folder

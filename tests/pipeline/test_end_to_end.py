@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import dagster as dg
@@ -26,13 +25,6 @@ TINY_RUN_CONFIG = {
         "model_evaluation": {"config": {"steps": 10, "starts": 2}},
     }
 }
-
-
-def has_evaluate_run() -> bool:
-    try:
-        return hasattr(importlib.import_module("meleewm_core.eval"), "evaluate_run")
-    except ModuleNotFoundError:
-        return False
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> dict:
@@ -105,15 +97,9 @@ def test_whole_graph_from_http_sources_to_evaluated_checkpoint(
     manifest_meta = latest_metadata(instance, "replay_manifest")
     assert manifest_meta["eligible_games"] == manifest.filter(pl.col("eligible")).height >= 4
 
-    # Shards, a tiny training run, and (once the evaluation exists) its evaluation.
-    retrain = defs.resolve_job_def("retrain_job")
-    selection = None if has_evaluate_run() else ["encoded_shards", "world_model"]
-    retrain_result = retrain.execute_in_process(
-        instance=instance,
-        run_config={
-            "ops": {k: v for k, v in TINY_RUN_CONFIG["ops"].items() if selection is None or k in selection}
-        },
-        asset_selection=[dg.AssetKey(k) for k in selection] if selection else None,
+    # Shards, a tiny training run and its evaluation.
+    retrain_result = defs.resolve_job_def("retrain_job").execute_in_process(
+        instance=instance, run_config=TINY_RUN_CONFIG
     )
     assert retrain_result.success
     trained = latest_metadata(instance, "world_model")
@@ -140,11 +126,22 @@ def test_whole_graph_from_http_sources_to_evaluated_checkpoint(
     printed = capsys.readouterr().out
     assert served_archives.duplicate_md5 in printed and "Game_renamed_copy.slp" in printed
 
-    if not has_evaluate_run():
-        pytest.skip("meleewm_core.eval.evaluate_run does not exist yet: model_evaluation was not run")
     evaluation = latest_metadata(instance, "model_evaluation")
     assert Path(evaluation["report_json"]).is_file()
     assert Path(evaluation["run_dir"]) == Path(trained["run_dir"])
+
+    # The imitation policy trains off the same shards and is scored beside copy-previous.
+    policy = dg.materialize(
+        [defs.get_assets_def("policy")],
+        instance=instance,
+        resources={"melee": melee},
+        run_config={"ops": {"policy": {"config": {"experiment": "tiny-policy"}}}},
+    )
+    assert policy.success
+    trained_policy = latest_metadata(instance, "policy")
+    assert Path(trained_policy["best_checkpoint"]).is_file()
+    assert trained_policy["games"] == trained["games"]
+    assert "stick_mae" in trained_policy["validation_vs_copy_previous"]
 
 
 def test_wrong_checksum_fails_the_partition_naming_both_sums(
