@@ -127,18 +127,26 @@ def test_frame_rises_by_one_in_every_game(corpus):
 
 def test_every_occupied_port_has_the_full_leader_column_set(corpus):
     # a 1.0 replay lacks state_age..instance_id; the columns are there, null. Neither character
-    # (Marth v Fox) has a follower, so no follower columns.
+    # (Marth v Fox) has a follower, so no follower columns; peppi returns no frame-level columns
+    # (start/end/items) for a replay this old, so none are written.
     root, _, ledger = corpus
     row = ledger["hohav__peppi/game.slp"]
     table = _game(root, row)
     expected = ["frame"]
     for port in ("P1", "P2"):
         expected += [f"ports.{port}.leader.{name}" for name, _ in PORT_DATA_COLUMNS]
-    expected += [name for name, _ in FRAME_COLUMNS]
     assert table.column_names == expected
     assert table.column("ports.P1.leader.post.velocities.self_x_air").null_count == table.num_rows
     assert table.column("ports.P1.leader.post.position.x").null_count == 0
     assert table.schema.field("ports.P1.leader.post.state").type == pa.uint16()
+
+
+def test_newest_format_keeps_every_frame_level_column(corpus):
+    root, _, ledger = corpus
+    table = _game(root, ledger["hohav__peppi/v3.18.slp"])
+    assert table.column_names[-len(FRAME_COLUMNS) :] == [name for name, _ in FRAME_COLUMNS]
+    assert table.schema.field("item").type == dict(FRAME_COLUMNS)["item"]
+    assert table.column("start.random_seed").null_count == 0
 
 
 def test_canonical_columns_match_what_peppi_returns_for_the_newest_format(replays):
@@ -168,6 +176,14 @@ def test_doubles_keep_all_four_ports_with_eliminated_players_null(corpus):
         assert f"ports.{port}.leader.post.position.x" in table.column_names
     # P1 is eliminated before the end: its rows are null from then on (534 rows, SOURCES.md)
     assert table.column("ports.P1.leader.post.state").null_count == 534
+    # only a column that holds a null is a nullable parquet field (the writer then skips the
+    # definition levels of every other column)
+    assert table.schema.field("ports.P1.leader.post.state").nullable
+    assert not table.schema.field("frame").nullable
+    assert all(
+        table.schema.field(name).nullable == (table.column(name).null_count > 0)
+        for name in table.column_names
+    )
 
 
 def test_ice_climbers_keep_nana(corpus):
