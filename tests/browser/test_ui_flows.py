@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ASSETS_BY_GROUP = {
     "ingest": ("raw_archive", "extracted_replays", "parsed_replays", "replay_manifest"),
-    "training": ("encoded_shards", "world_model", "model_evaluation"),
+    "training": ("encoded_shards", "world_model", "model_evaluation", "policy"),
 }
 HEADLINE_METRICS = ("action_acc", "action_change_acc", "position_mae", "damage_mae")
 
