@@ -67,14 +67,31 @@ class EncodingConfig(StrictModel):
     state_age_embed_dim: int = Field(8, ge=1)
     # Experiment 2a: 16 rising-edge button features (8 buttons x 2 players) in the conditioning.
     press_events: bool = False
+    # Experiment 5a: per player, the frames since the action (post.state) began, capped at
+    # vocab - 1, as a learned embedding. Melee keeps state_age at 0 while a player is dead and
+    # respawns (percent reset to 0, position teleported) exactly 60 frames after the death action
+    # began: without a counter no 10-frame window can see it coming.
+    action_age_as_embed: bool = False
+    action_age_embed_vocab: int = Field(64, ge=2)
+    action_age_embed_dim: int = Field(8, ge=1)
 
     # What happens to a categorical value outside its vocabulary: "clamp" maps it to the last id
     # (the reference's behaviour, so v2.2 stays reproducible) and counts it; "error" stops encoding
     # and names the game, field and value.
     oov_policy: OovPolicy = "clamp"
 
+    def identity_dump(self) -> dict[str, Any]:
+        """The fields that identify an encoding (for hashes and shard folder ids)."""
+        dump = self.model_dump()
+        if not self.action_age_as_embed:
+            # Added after the first shard sets were written: while off, the hashes (so the shard
+            # folder every earlier run names) stay what they were.
+            for name in ("action_age_as_embed", "action_age_embed_vocab", "action_age_embed_dim"):
+                dump.pop(name)
+        return dump
+
     def encoding_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.identity_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 class ModelConfig(StrictModel):

@@ -330,7 +330,7 @@ def preflight(batch: Batch, spec: EncodingSpec, context_len: int) -> None:
     cfg = spec.config
     flags = (
         f"context_len={context_len}, state_age_as_embed={cfg.state_age_as_embed}, "
-        f"press_events={cfg.press_events}"
+        f"press_events={cfg.press_events}, action_age_as_embed={cfg.action_age_as_embed}"
     )
     problems = []
     for name, expected in expected_shapes(spec, context_len).items():

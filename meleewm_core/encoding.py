@@ -32,7 +32,8 @@ A B X Y Z L R D_UP pre.buttons_physical bits 0x100 0x200 0x400     0/1
 The int row is ``[p0 categoricals | p1 categoricals | stage]`` with per player ``action
 (post.state), jumps (post.jumps), character (post.character, internal id), l_cancel, hurtbox
 (post.hurtbox_state), ground (post.ground: null/65535 -> 0 = airborne, else id + 1),
-last_attack_landed`` and, with ``state_age_as_embed``, ``state_age`` (truncated to an int).
+last_attack_landed`` and, with ``state_age_as_embed``, ``state_age`` (truncated to an int), and
+with ``action_age_as_embed``, ``action_age`` (frames since the action began, capped).
 Player 0 is the lower occupied port. Null values of version-gated fields take the reference's
 defaults (0 unless noted above).
 
@@ -150,7 +151,8 @@ class EncodingSpec:
 
     @cached_property
     def categorical_fields(self) -> tuple[str, ...]:
-        return (*PLAYER_CATEGORICALS, "state_age") if self.config.state_age_as_embed else PLAYER_CATEGORICALS
+        optional = (("state_age", self.config.state_age_as_embed), ("action_age", self.config.action_age_as_embed))
+        return (*PLAYER_CATEGORICALS, *(name for name, on in optional if on))
 
     @property
     def continuous_dim(self) -> int:
@@ -239,6 +241,7 @@ class EncodingSpec:
             "ground": cfg.ground_vocab,
             "last_attack_landed": cfg.last_attack_vocab,
             "state_age": cfg.state_age_embed_vocab,
+            "action_age": cfg.action_age_embed_vocab,
             "stage": cfg.stage_vocab,
         }[name]
 
@@ -253,6 +256,7 @@ class EncodingSpec:
             "ground": cfg.ground_embed_dim,
             "last_attack_landed": cfg.last_attack_embed_dim,
             "state_age": cfg.state_age_embed_dim,
+            "action_age": cfg.action_age_embed_dim,
             "stage": cfg.stage_embed_dim,
         }[name]
 
@@ -395,6 +399,14 @@ def _categorical(values: np.ndarray, vocab: int, name: str, counter: _Counter, g
     return np.clip(values, 0, vocab - 1)
 
 
+def frames_in_action(action: np.ndarray, cap: int) -> np.ndarray:
+    """Per frame, how many frames ago the current action began (0 on its first frame), at most ``cap``."""
+    index = np.arange(len(action), dtype=np.int64)
+    begins = np.ones(len(action), dtype=bool)
+    begins[1:] = action[1:] != action[:-1]
+    return np.minimum(index - np.maximum.accumulate(np.where(begins, index, 0)), cap)
+
+
 def _encode_player(columns, port: int, num_frames: int, spec: EncodingSpec, counter: _Counter, game: str):
     cfg = spec.config
     prefix = f"ports.P{port}.leader."
@@ -451,6 +463,8 @@ def _encode_player(columns, port: int, num_frames: int, spec: EncodingSpec, coun
     ints["ground"] = np.where(ints["ground"] == 65535, 0, ints["ground"] + 1)
     if cfg.state_age_as_embed:
         ints["state_age"] = raw["state_age"].astype(np.int64)
+    if cfg.action_age_as_embed:
+        ints["action_age"] = frames_in_action(ints["action"], spec.vocab("action_age") - 1)
     for name in spec.categorical_fields:
         ints[name] = _categorical(ints[name], spec.vocab(name), name, counter, game, cfg.oov_policy)
 

@@ -63,7 +63,7 @@ def data_fingerprint(md5s: Iterable[str]) -> str:
 
 
 def encoding_id(encoding: EncodingConfig, parser_version: str, selection: str = "eligible") -> str:
-    payload = {"encoding": encoding.model_dump(), "parser_version": parser_version}
+    payload = {"encoding": encoding.identity_dump(), "parser_version": parser_version}
     if selection != "eligible":
         payload["selection"] = selection
     return "v22-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
@@ -153,7 +153,8 @@ def shard_arrays(folder: str | os.PathLike[str], shard: str, *, mmap: bool) -> t
 
 def check_shard_shapes(folder: str | os.PathLike[str], index: ShardIndex, spec: EncodingSpec) -> None:
     """Fail unless every shard array has the shape and dtype this encoding expects."""
-    flags = f"state_age_as_embed={spec.config.state_age_as_embed}, press_events={spec.config.press_events}"
+    flags = (f"state_age_as_embed={spec.config.state_age_as_embed}, press_events={spec.config.press_events}, "
+             f"action_age_as_embed={spec.config.action_age_as_embed}")
     for shard in index.shards:
         floats, ints = shard_arrays(folder, shard.name, mmap=True)
         for name, array, width, dtype in (

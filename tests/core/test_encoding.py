@@ -127,3 +127,27 @@ def test_null_counts_are_per_value_once(parsed_root):
         for name, source in (("hurtbox", "post.hurtbox_state"), ("self_x_air", "post.velocities.self_x_air")):
             nulls = sum(columns[f"ports.P{p}.leader.{source}"].null_count for p in ports)
             assert encoded.anomalies[name]["null"] == nulls == 2 * frames
+
+
+def test_action_age_counts_frames_since_the_action_began_and_leaves_other_ids_alone(parsed_root):
+    """On a real game: the counter restarts at every action change, counts up by one while the
+    action holds, stops at its cap; switching it on adds one categorical per player and does not
+    move the shard folder id of encodings without it."""
+    from meleewm_core.parse import PARSER_VERSION
+    from meleewm_core.shards import encoding_id
+
+    md5, ports, stage = _first_game(parsed_root)
+    config = EncodingConfig(action_age_as_embed=True, action_age_embed_vocab=16)
+    spec = EncodingSpec(config)
+    assert spec.int_per_player == EncodingSpec(EncodingConfig()).int_per_player + 1
+    ints = encode_game(_read_game(parsed_root, md5, ports), ports, stage, spec, game=md5).ints
+    action, age = ints[:, spec.int_col(0, "action")], ints[:, spec.int_col(0, "action_age")]
+    changed = np.flatnonzero(action[1:] != action[:-1]) + 1
+    assert len(changed) > 10 and (age[changed] == 0).all()
+    held = np.flatnonzero(action[1:] == action[:-1]) + 1
+    assert (age[held] == np.minimum(age[held - 1] + 1, 15)).all()
+    assert age.max() == 15
+
+    plain = EncodingConfig()
+    assert encoding_id(plain, PARSER_VERSION) != encoding_id(config, PARSER_VERSION)
+    assert "action_age_as_embed" not in plain.identity_dump()

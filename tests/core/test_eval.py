@@ -125,8 +125,9 @@ def test_oracle_scores_zero_error_and_persistence_equals_its_baseline(v22_run, r
 @pytest.mark.parametrize(
     ("encoding", "heads"),
     [({}, "full_state"), ({"state_age_as_embed": True}, "v22"), ({"press_events": True}, "v22"),
-     ({"state_age_as_embed": True, "press_events": True}, "full_state")],
-    ids=["full-state", "state-age-embed", "press-events", "all-flags"],
+     ({"state_age_as_embed": True, "press_events": True}, "full_state"),
+     ({"state_age_as_embed": True, "press_events": True, "action_age_as_embed": True}, "full_state")],
+    ids=["full-state", "state-age-embed", "press-events", "all-flags", "action-age"],
 )
 def test_rollout_runs_with_each_encoding_flag(root, encoding, heads):
     experiment = quick_experiment("flags", encoding=encoding, model={"heads": heads})
