@@ -7,7 +7,7 @@ Project-wide policy: runs execute their steps in one process. The graph is a cha
 the previous one), so a process per step bought no parallelism and cost a Python start-up with the
 whole project import per step (about 8 s each on a loaded 2-core machine, 4x the CLI for an
 ingest); parsing and training parallelise inside their step. Scaling out swaps this executor for
-Dagster's Kubernetes or Celery executor (docs/_sections/pipeline.md).
+Dagster's Kubernetes or Celery executor (README: "The instance, and outgrowing one machine").
 """
 
 from pathlib import Path

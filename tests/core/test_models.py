@@ -11,7 +11,7 @@ from meleewm_core.config import EncodingConfig, ModelConfig
 from meleewm_core.encoding import EncodingSpec
 from meleewm_core.models import MODELS, build_model, count_parameters, next_frame
 
-# (state_age_as_embed, press_events, heads) -> parameters; documented in docs/_sections/model.md.
+# (state_age_as_embed, press_events, heads) -> parameters; documented in the README (World model: Models and heads).
 PARAMETERS = {
     (False, False, "v22"): 1_304_182,
     (True, False, "v22"): 1_377_062,
