@@ -27,7 +27,7 @@ from pathlib import Path
 from playwright.sync_api import Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "browser"))
+sys.path[:0] = [str(REPO / "tests" / "browser"), str(REPO / "tests")]
 from ui_harness import (  # noqa: E402 - the harness lives beside the browser tests
     LOCAL_SOURCE,
     dismiss_community_dialog,

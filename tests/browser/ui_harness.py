@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 from playwright.sync_api import BrowserContext, Locator, Page, Playwright
+from tiny_runs import TINY_EXPERIMENT
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -361,21 +362,6 @@ def copy_replays(source: Path, names: list[str], destination: Path) -> list[Path
 
 CODE_LOCATION = "meleewm_pipeline.definitions"
 LOCAL_SOURCE = "local"
-# Training small enough for two shared CPU cores: one epoch of a few small batches.
-TINY_EXPERIMENT = {
-    "description": "browser-test run: one epoch of a few batches on CPU",
-    "model": {"hidden_dim": 32, "trunk_dim": 16},
-    "train": {
-        "epochs": 1,
-        "batch_size": 64,
-        "max_train_batches": 4,
-        "max_val_batches": 2,
-        "device": "cpu",
-        "wandb": False,
-        "train_percent": 50,
-        "loader": "memory",
-    },
-}
 EVALUATION_CONFIG = {"steps": 10, "starts": 2}
 
 

@@ -16,11 +16,11 @@ from replay_archives import (
     DUPLICATED,
     ESCAPE_ENTRY,
     MALFORMED,
-    TINY_EXPERIMENT,
     ServedArchives,
     md5_of,
 )
 from replay_http_server import ReplayHTTPServer
+from tiny_runs import TINY_EXPERIMENT
 
 
 @pytest.fixture(scope="session")

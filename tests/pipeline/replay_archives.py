@@ -25,20 +25,6 @@ MALFORMED = "hohav__peppi/malformed/corrupt.slp"
 DUPLICATED = ARCHIVE_A_GAMES[0]
 ESCAPE_ENTRY = "../../escape.slp"
 
-TINY_EXPERIMENT = {
-    "description": "test-sized run: one epoch of a few batches on CPU",
-    "model": {"hidden_dim": 32, "trunk_dim": 16},
-    "train": {
-        "epochs": 1,
-        "batch_size": 64,
-        "max_train_batches": 4,
-        "max_val_batches": 2,
-        "device": "cpu",
-        "wandb": False,
-        "train_percent": 50,
-        "loader": "memory",
-    },
-}
 
 
 @dataclass(frozen=True)
