@@ -155,9 +155,8 @@ def _joined(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(a) for a in arrays])
 
 
-def _batch_count(num_targets: int, batch_size: int, max_batches: int | None) -> int:
-    count = -(-num_targets // batch_size)
-    return min(count, max_batches) if max_batches is not None else count
+def _capped(batches: int, max_batches: int | None) -> int:
+    return min(batches, max_batches) if max_batches is not None else batches
 
 
 class ResidentBatches:
@@ -197,10 +196,9 @@ class ResidentBatches:
         return len(self.targets)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            count = len(self.targets) // self.batch_size
-            return min(count, self.max_batches) if self.max_batches is not None else count
-        return _batch_count(len(self.targets), self.batch_size, self.max_batches)
+        windows = len(self.targets)
+        batches = windows // self.batch_size if self.drop_last else -(-windows // self.batch_size)
+        return _capped(batches, self.max_batches)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.shuffle:
@@ -244,8 +242,7 @@ class MemmapBatches:
         return sum(len(t) for t in self.per_shard)
 
     def __len__(self) -> int:
-        count = sum(-(-len(t) // self.batch_size) for t in self.per_shard)
-        return min(count, self.max_batches) if self.max_batches is not None else count
+        return _capped(sum(-(-len(t) // self.batch_size) for t in self.per_shard), self.max_batches)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.rng.permutation(len(self.per_shard)) if self.shuffle else range(len(self.per_shard))
