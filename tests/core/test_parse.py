@@ -20,6 +20,7 @@ from meleewm_core.parse import (
     PORT_DATA_COLUMNS,
     GameMeta,
     parse_paths,
+    read_game,
     read_ledger,
 )
 from meleewm_core.store import DataRoot
@@ -114,6 +115,8 @@ def test_rollback_frames_resolve_to_one_row_per_frame(corpus):
     frames = _game(root, row).column("frame").to_numpy()
     assert len(frames) == 9277 and frames.dtype == np.int32
     assert np.all(np.diff(frames) == 1) and frames[0] == -123
+    # the documented reader gives the same frames as a polars DataFrame
+    assert read_game(root, row["md5"], columns=["frame"])["frame"].to_list() == frames.tolist()
 
 
 def test_frame_rises_by_one_in_every_game(corpus):
