@@ -98,6 +98,19 @@ class PerSampleWindows(torch.utils.data.Dataset):
         return self.floats[t - self.k : t], self.ints[t - self.k : t], frame[self.ctrl], frame, self.ints[t]
 
 
+def with_stock_torch_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with torch's own Embedding and Dropout (what the reference runs) in place of
+    ``meleewm_core.models.layers``; same parameters."""
+    from meleewm_core.models import layers
+
+    for module in model.modules():
+        if isinstance(module, layers.Embedding):
+            module.__class__ = torch.nn.Embedding
+        elif isinstance(module, layers.Dropout):
+            module.__class__ = torch.nn.Dropout
+    return model
+
+
 def measure_reference_style(data: FrameData, *, batch_size: int, batches: int) -> dict:
     """Same model, loss and optimizer in fp32, fed by per-sample __getitem__ + DataLoader."""
     from meleewm_core.config import LossWeights
@@ -106,7 +119,7 @@ def measure_reference_style(data: FrameData, *, batch_size: int, batches: int) -
     from meleewm_core.metrics import compute_loss
 
     torch.manual_seed(0)
-    model = build_model(data.spec.config, ModelConfig())
+    model = with_stock_torch_layers(build_model(data.spec.config, ModelConfig()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     layout = head_layout(data.spec, "v22")
     loader = torch.utils.data.DataLoader(PerSampleWindows(data, 10), batch_size=batch_size, shuffle=True)
@@ -166,7 +179,7 @@ def run_cpu(args) -> dict:
     assert first.float_ctx.shape[0] == args.batch_size
 
     training = [
-        measure_training(data, batch_size=args.batch_size, device=torch.device("cpu"), epochs=3,
+        measure_training(data, batch_size=args.batch_size, device=torch.device("cpu"), epochs=args.epochs,
                          batches_per_epoch=args.batches, precision=precision)
         for precision in ("fp32", "bf16")
     ]
@@ -295,6 +308,7 @@ def main() -> int:
     cpu.add_argument("--batch-size", type=int, default=512)
     cpu.add_argument("--batches", type=int, default=150, help="timed batches per epoch")
     cpu.add_argument("--threads", type=int)
+    cpu.add_argument("--epochs", type=int, default=5, help="epochs per precision; the first is warm-up, the median of the rest is reported")
     cpu.add_argument("--selection", default="two_players",
                      help="two_players (every 2-player game, as the reference's 128-replay figure) or eligible")
     gpu = sub.add_parser("gpu", help="the whole GPU measurement on synthesised frames")

@@ -113,6 +113,10 @@ class ModelConfig(StrictModel):
     # and is trained on changing frames only. Sparse fields (damage, shield) then stay exactly
     # unchanged on the frames where nothing happens, instead of drifting by a regression's mean.
     delta_gate: bool = False
+    # x and y deltas start from the last frame-to-frame displacement (constant velocity, which
+    # beats persistence 2.5x one frame ahead) and the heads learn the departures from it; the
+    # change gate never closes on them. Needs context_len >= 2.
+    motion_prior: bool = False
 
 
 class LossWeights(StrictModel):
@@ -166,6 +170,11 @@ class TrainConfig(StrictModel):
     # Training-split metrics are gathered on every Nth batch (validation uses every batch): at
     # small batch sizes the metric ops cost as much as the training step.
     train_metrics_every: int = Field(8, ge=1)
+    # Frames predicted per training window, each from the model's own previous predictions (its
+    # continuous outputs keep their gradient): 1 is one-step (teacher-forced) training; more
+    # teaches the model to keep a rollout on track. The loss is the mean over the steps;
+    # validation stays one-step, so its metrics compare with every other run.
+    rollout_steps: int = Field(1, ge=1)
     wandb: bool = True
     wandb_project: str = "meleewm"
 

@@ -37,6 +37,21 @@ class Batch(NamedTuple):
     next_ctrl: torch.Tensor  # (B, ctrl_conditioning_dim)
     float_tgt: torch.Tensor  # (B, float_per_frame): the whole target frame
     int_tgt: torch.Tensor  # (B, int_per_frame) long
+    # With a horizon H > 1 (multi-step training), the H-1 frames after the target: their
+    # conditioning (B, H-1, ctrl_conditioning_dim) and the frames themselves; else None.
+    ahead_ctrl: torch.Tensor | None = None
+    ahead_float: torch.Tensor | None = None
+    ahead_int: torch.Tensor | None = None
+
+    def step(self, j: int, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> Batch:
+        """The one-step batch predicting the ``j``-th frame (0 = the target) from the given context."""
+        if j == 0:
+            return Batch(float_ctx, int_ctx, self.next_ctrl, self.float_tgt, self.int_tgt)
+        return Batch(float_ctx, int_ctx, self.ahead_ctrl[:, j - 1], self.ahead_float[:, j - 1], self.ahead_int[:, j - 1])
+
+    @property
+    def horizon(self) -> int:
+        return 1 if self.ahead_float is None else 1 + self.ahead_float.shape[1]
 
 
 class ShapeError(ValueError):
@@ -113,39 +128,44 @@ class FrameData:
     def num_frames(self, split: str | None = None) -> int:
         return sum(g.num_frames for g in self.games if split is None or g.split == split)
 
-    def targets(self, split: str, context_len: int) -> list[np.ndarray]:
-        """Per shard, the rows that can be predicted from a full window of ``context_len`` frames."""
+    def targets(self, split: str, context_len: int, horizon: int = 1) -> list[np.ndarray]:
+        """Per shard, the rows that can be predicted from a full window of ``context_len`` frames
+        and are followed by ``horizon - 1`` frames of the same game."""
         per_shard: list[list[np.ndarray]] = [[] for _ in self.shards]
         for game in self.games:
-            if game.split == split and game.num_frames > context_len:
+            if game.split == split and game.num_frames >= context_len + horizon:
                 start = game.offset + context_len
-                per_shard[game.shard].append(np.arange(start, game.offset + game.num_frames, dtype=np.int64))
+                end = game.offset + game.num_frames - (horizon - 1)
+                per_shard[game.shard].append(np.arange(start, end, dtype=np.int64))
         return [np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for parts in per_shard]
 
 
 class WindowColumns:
     """Column indices ``gather_batch`` needs, as tensors on one device."""
 
-    def __init__(self, spec: EncodingSpec, context_len: int, device: torch.device | str):
+    def __init__(self, spec: EncodingSpec, context_len: int, device: torch.device | str, horizon: int = 1):
         self.context_len = context_len
-        self.offsets = torch.arange(-context_len, 1, device=device)
+        self.horizon = horizon
+        self.offsets = torch.arange(-context_len, horizon, device=device)
         self.controller = torch.tensor(spec.controller_cols, device=device)
         self.buttons = torch.tensor(spec.button_cols, device=device) if spec.config.press_events else None
 
 
 def gather_batch(floats: torch.Tensor, ints: torch.Tensor, targets: torch.Tensor, cols: WindowColumns) -> Batch:
-    """Windows ending at each row of ``targets`` (rows of ``floats``/``ints``, on their device)."""
+    """Windows ending at each row of ``targets`` (rows of ``floats``/``ints``, on their device),
+    with the ``cols.horizon - 1`` frames after each target."""
     k = cols.context_len
-    rows = targets[:, None] + cols.offsets  # (B, K+1)
+    rows = targets[:, None] + cols.offsets  # (B, K+H)
     float_win = floats[rows]
     int_win = ints[rows].long()
-    target_frame = float_win[:, k]
-    next_ctrl = target_frame.index_select(1, cols.controller)
+    predicted = float_win[:, k:]  # (B, H, F)
+    next_ctrl = predicted.index_select(2, cols.controller)
     if cols.buttons is not None:
-        now = target_frame.index_select(1, cols.buttons) > 0.5
-        before = float_win[:, k - 1].index_select(1, cols.buttons) < 0.5
-        next_ctrl = torch.cat([next_ctrl, (now & before).to(next_ctrl.dtype)], dim=1)
-    return Batch(float_win[:, :k], int_win[:, :k], next_ctrl, target_frame, int_win[:, k])
+        now = predicted.index_select(2, cols.buttons) > 0.5
+        before = float_win[:, k - 1 : -1].index_select(2, cols.buttons) < 0.5
+        next_ctrl = torch.cat([next_ctrl, (now & before).to(next_ctrl.dtype)], dim=2)
+    ahead = (next_ctrl[:, 1:], predicted[:, 1:], int_win[:, k + 1 :]) if cols.horizon > 1 else (None, None, None)
+    return Batch(float_win[:, :k], int_win[:, :k], next_ctrl[:, 0], predicted[:, 0], int_win[:, k], *ahead)
 
 
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
@@ -174,16 +194,17 @@ class ResidentBatches:
         seed: int = 0,
         max_batches: int | None = None,
         drop_last: bool = False,
+        horizon: int = 1,
     ):
         self.device = torch.device(device)
-        per_shard = data.targets(split, context_len)
+        per_shard = data.targets(split, context_len, horizon)
         offsets = np.cumsum([0] + [len(f) for f, _ in data.shards])
         if sum(len(t) for t in per_shard) == 0:
-            raise ShardError(f"no {split} windows of {context_len + 1} frames in the shard set")
+            raise ShardError(f"no {split} windows of {context_len + horizon} frames in the shard set")
         self.floats, self.ints = data.tensors(self.device)
         all_targets = np.concatenate([t + offsets[s] for s, t in enumerate(per_shard)])
         self.targets = torch.from_numpy(all_targets).to(self.device)
-        self.cols = WindowColumns(data.spec, context_len, self.device)
+        self.cols = WindowColumns(data.spec, context_len, self.device, horizon)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.max_batches = max_batches
@@ -225,13 +246,14 @@ class MemmapBatches:
         shuffle: bool = True,
         seed: int = 0,
         max_batches: int | None = None,
+        horizon: int = 1,
     ):
         self.data = data
         self.device = torch.device(device)
-        self.per_shard = data.targets(split, context_len)
+        self.per_shard = data.targets(split, context_len, horizon)
         if sum(len(t) for t in self.per_shard) == 0:
-            raise ShardError(f"no {split} windows of {context_len + 1} frames in the shard set")
-        self.cols = WindowColumns(data.spec, context_len, self.device)
+            raise ShardError(f"no {split} windows of {context_len + horizon} frames in the shard set")
+        self.cols = WindowColumns(data.spec, context_len, self.device, horizon)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.max_batches = max_batches
@@ -252,7 +274,7 @@ class MemmapBatches:
             if len(targets) == 0:
                 continue
             # Read only the rows this split's windows touch, then drop the memmap pages again.
-            first, last = int(targets.min()) - self.cols.context_len, int(targets.max()) + 1
+            first, last = int(targets.min()) - self.cols.context_len, int(targets.max()) + self.cols.horizon
             floats_map, ints_map = self.data.shards[shard]
             floats = torch.from_numpy(np.array(floats_map[first:last])).to(self.device)
             ints = torch.from_numpy(np.array(ints_map[first:last])).to(self.device)
@@ -278,12 +300,15 @@ def make_batches(
     shuffle: bool,
     seed: int = 0,
     max_batches: int | None = None,
+    horizon: int = 1,
 ):
-    """``mode``: "memory", "memmap", "gpu" or "auto" (GPU-resident on CUDA, else in RAM)."""
+    """``mode``: "memory", "memmap", "gpu" or "auto" (GPU-resident on CUDA, else in RAM).
+    ``horizon`` > 1 adds the frames after each target (``Batch.ahead_*``) for multi-step training."""
     device = torch.device(device)
     if mode == "auto":
         mode = "gpu" if device.type == "cuda" else "memory"
-    kwargs = dict(batch_size=batch_size, context_len=context_len, shuffle=shuffle, seed=seed, max_batches=max_batches)
+    kwargs = dict(batch_size=batch_size, context_len=context_len, shuffle=shuffle, seed=seed, max_batches=max_batches,
+                  horizon=horizon)
     if mode == "memmap":
         return MemmapBatches(data, split, device=device, **kwargs)
     if mode == "gpu":
@@ -308,7 +333,10 @@ class _MovedBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.inner:
-            yield batch if self.device.type == "cpu" else Batch(*(t.to(self.device, non_blocking=True) for t in batch))
+            if self.device.type == "cpu":
+                yield batch
+            else:
+                yield Batch(*(None if t is None else t.to(self.device, non_blocking=True) for t in batch))
 
 
 def expected_shapes(spec: EncodingSpec, context_len: int) -> dict[str, tuple[int, ...]]:

@@ -31,14 +31,14 @@ CHANGE_EPSILON = 1e-6
 
 
 @lru_cache(maxsize=256)
-def _constant(values: tuple, device: torch.device) -> torch.Tensor:
+def cached_tensor(values: tuple, device: torch.device) -> torch.Tensor:
     """A small constant tensor made once per device: building it each step would copy (and, on
     CUDA, synchronise) the host every step."""
     return torch.tensor(values, device=device)
 
 
 def true_delta(batch, layout: HeadLayout) -> torch.Tensor:
-    cols = _constant(tuple(layout.continuous_cols), batch.float_tgt.device)
+    cols = cached_tensor(tuple(layout.continuous_cols), batch.float_tgt.device)
     return batch.float_tgt.index_select(1, cols) - batch.float_ctx[:, -1].index_select(1, cols)
 
 
@@ -74,7 +74,7 @@ def compute_loss(
         error = F.smooth_l1_loss(pred / delta_scale, target / delta_scale, reduction="none")
     else:
         error = ((pred - target) / delta_scale) ** 2
-    column_weights = _constant(tuple(_continuous_weights(layout, weights)), error.device)
+    column_weights = cached_tensor(tuple(_continuous_weights(layout, weights)), error.device)
     if gated:
         # The magnitude is learned where the field changes; the gate learns whether it does.
         changed = (target.abs() > CHANGE_EPSILON).float()
@@ -85,7 +85,7 @@ def compute_loss(
     # Per-column mean, weighted: with one weight for all columns this equals weight * MSE.
     cont_loss = (column_error * column_weights).mean()
 
-    binary_cols = _constant(tuple(layout.binary_cols), error.device)
+    binary_cols = cached_tensor(tuple(layout.binary_cols), error.device)
     binary_target = batch.float_tgt.index_select(1, binary_cols)
     bin_loss = F.binary_cross_entropy_with_logits(outputs["binary_logits"].float(), binary_target)
 
@@ -123,7 +123,7 @@ class MetricAccumulator:
 
         delta = true_delta(batch, layout)
         pred = outputs["continuous_delta"].float()
-        scales = _constant(tuple(spec.scale(n) for _ in range(NUM_PLAYERS) for n in layout.continuous), delta.device)
+        scales = cached_tensor(tuple(spec.scale(n) for _ in range(NUM_PLAYERS) for n in layout.continuous), delta.device)
         model_err = ((pred - delta).abs() / scales).sum(0)
         base_err = (delta.abs() / scales).sum(0)
         n = len(layout.continuous)
@@ -131,7 +131,7 @@ class MetricAccumulator:
             values[f"field/{name}_mae"] = model_err[i] + model_err[n + i]
             values[f"baseline/field/{name}_mae"] = base_err[i] + base_err[n + i]
 
-        binary_cols = _constant(tuple(layout.binary_cols), delta.device)
+        binary_cols = cached_tensor(tuple(layout.binary_cols), delta.device)
         binary_target = batch.float_tgt.index_select(1, binary_cols)
         binary_last = batch.float_ctx[:, -1].index_select(1, binary_cols)
         model_hit = ((outputs["binary_logits"] > 0).float() == binary_target).float().sum(0)

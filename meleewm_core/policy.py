@@ -8,10 +8,13 @@ a world model's, so ``meleewm eval`` and lineage treat it alike.
 Model (``ImitationPolicyMLP``, registered in ``models.MODELS`` as ``POLICY_MODEL_NAME``): the
 FrameStackMLP's frame embedding and trunk without the conditioning, and two heads per player:
 
-* analog (main x/y, c x/y, shoulder; encoded 0..1): the *change* from the last frame, trained with
-  an L1 loss. L1 is minimised by the median, and the median change of a stick from one frame to
-  the next is zero, so the policy keeps the stick where it is unless it is confident it moves;
-  an MSE-trained mean would smear every held stick and lose to copying.
+* analog (main x/y, c x/y, shoulder; encoded 0..1): per field a distribution over the size of
+  the *change* from the last frame, in bins (one per stick step up to 6 steps, then ~20% wider;
+  cross-entropy), and the prediction is its median: the least expected absolute error, "no
+  change" unless more than half the probability says the stick moves (mid-flick, a pressed
+  shoulder). An L1-trained regression of the change has the same optimum but, with 90% of
+  changes exactly zero, never learned to leave it (a tie with copy-previous on every frame).
+  The trunk also gets the last analog changes and each button's frames in its state explicitly.
 * buttons (A B X Y Z L R D-up): logits of being held next frame (BCE), added to a learned
   "keep the last state" prior, so the heads learn only when a button changes.
 
@@ -30,13 +33,30 @@ from torch import nn
 
 from meleewm_core.config import EncodingConfig, ExperimentConfig, ModelConfig
 from meleewm_core.encoding import BUTTON_FIELDS, CONTROLLER_FIELDS, NUM_PLAYERS, STICK_FIELDS, EncodingSpec
-from meleewm_core.models import MODELS
+from meleewm_core.models import MODELS, layers
 from meleewm_core.models.mlp import FrameStackMLP
 
 POLICY_MODEL_NAME = "imitation_policy_mlp"
 ANALOG_FIELDS = (*STICK_FIELDS, "shoulder")
 # Melee reads a stick as one of 161 positions over -1..1 (steps of 1/80), i.e. 1/160 once encoded to 0..1.
 ANALOG_STEP = 1 / 160
+# Frame-to-frame analog changes the policy is shown explicitly (a flick passes through 1-3
+# intermediate values, so the last few changes say where a stick is heading).
+HISTORY_CHANGES = 3
+
+
+def _change_edges_steps() -> list[float]:
+    """Upper edges (in stick steps, half-integers) of the change-size bins: one bin per step up
+    to 6 steps, then ~20% wider each, up to the full range (160 steps)."""
+    edges = [0.5]
+    while edges[-1] < 160:
+        edges.append(max(edges[-1] + 1, round(edges[-1] * 1.2) + 0.5))
+    return edges
+
+
+# Bins of the size of an analog change; the head predicts, per field, a distribution over
+# -size .. 0 .. +size. Bin 0 is "no change" (under half a step).
+CHANGE_EDGES_STEPS = _change_edges_steps()
 
 
 class ImitationPolicyMLP(nn.Module):
@@ -47,35 +67,75 @@ class ImitationPolicyMLP(nn.Module):
 
     def __init__(self, encoding: EncodingConfig, model: ModelConfig):
         super().__init__()
+        if model.context_len < 2:
+            raise ValueError(f"{POLICY_MODEL_NAME} needs model.context_len >= 2 (a change needs two frames), "
+                             f"got {model.context_len}")
         self.spec = spec = EncodingSpec(encoding)
         self.context_len = model.context_len
         self.embeddings = nn.ModuleDict(
-            {name: nn.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
+            {name: layers.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
         )
         for name in spec.categorical_fields:
             cols = [spec.int_col(p, name) for p in range(NUM_PLAYERS)]
             self.register_buffer(f"cols_{name}", torch.tensor(cols), persistent=False)
+        self.register_buffer("analog_cols", torch.tensor(analog_cols(spec)), persistent=False)
+        self.register_buffer("button_cols", torch.tensor(spec.button_cols), persistent=False)
+        self.analog_dim = len(ANALOG_FIELDS) * NUM_PLAYERS
+        self.history_changes = min(HISTORY_CHANGES, model.context_len - 1)
+        history_dim = self.analog_dim * self.history_changes + len(spec.button_cols)
         self.trunk = nn.Sequential(
-            nn.Linear(spec.frame_embed_dim * model.context_len, model.hidden_dim),
+            nn.Linear(spec.frame_embed_dim * model.context_len + history_dim, model.hidden_dim),
             nn.ReLU(),
-            nn.Dropout(model.dropout),
+            layers.Dropout(model.dropout),
             nn.Linear(model.hidden_dim, model.trunk_dim),
             nn.ReLU(),
-            nn.Dropout(model.dropout),
+            layers.Dropout(model.dropout),
         )
-        self.analog_dim = len(ANALOG_FIELDS) * NUM_PLAYERS
-        self.heads = nn.Linear(model.trunk_dim, self.analog_dim + len(BUTTON_FIELDS) * NUM_PLAYERS)
-        self.register_buffer("button_cols", torch.tensor(spec.button_cols), persistent=False)
+        edges = torch.tensor(CHANGE_EDGES_STEPS) * ANALOG_STEP
+        self.register_buffer("change_edges", edges, persistent=False)
+        self.num_bins = 2 * len(edges) - 1
+        self.heads = nn.Linear(model.trunk_dim, self.analog_dim * self.num_bins + len(BUTTON_FIELDS) * NUM_PLAYERS)
+        # The change each bin stands for, per field: starts at the bin's middle and is fitted (by
+        # ``policy_loss``) to the median change of the training frames in the bin.
+        middles = torch.cat([torch.zeros(1), (edges[:-1] + edges[1:]) / 2])
+        self.bin_values = nn.Parameter(torch.cat([-middles[1:].flip(0), middles]).repeat(self.analog_dim, 1))
         # Buttons start from "keep the last state" (logit +-3, i.e. 95%) and the heads learn the
         # corrections, as the analog heads predict a change: the untrained policy is copy-previous.
         self.button_prior = nn.Parameter(torch.tensor(3.0))
 
     def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, next_ctrl: torch.Tensor | None = None):
         """``next_ctrl`` is accepted for the world models' call signature and ignored: it is the target."""
-        out = self.heads(self.trunk(self.embed_frames(float_ctx, int_ctx).flatten(1)))
-        last_buttons = float_ctx[:, -1].index_select(1, self.button_cols)
-        buttons = out[:, self.analog_dim :] + self.button_prior * (2 * last_buttons - 1)
-        return {"analog_delta": out[:, : self.analog_dim], "button_logits": buttons}
+        frames = self.embed_frames(float_ctx, int_ctx).flatten(1)
+        out = self.heads(self.trunk(torch.cat([frames, self.controller_history(float_ctx).to(frames.dtype)], 1))).float()
+        split = self.analog_dim * self.num_bins
+        change_logits = out[:, :split].reshape(-1, self.analog_dim, self.num_bins)
+        last_buttons = float_ctx[:, -1].index_select(1, self.button_cols).float()
+        buttons = out[:, split:] + self.button_prior * (2 * last_buttons - 1)
+        return {"analog_delta": self.median_change(change_logits), "change_logits": change_logits,
+                "bin_values": self.bin_values, "button_logits": buttons}
+
+    def median_change(self, change_logits: torch.Tensor) -> torch.Tensor:
+        """The median of each predicted change distribution (B, 10): the prediction with the least
+        expected absolute error. It is "no change" unless more than half the probability lies on
+        one side, as for a stick mid-flick."""
+        below = (change_logits.detach().softmax(-1).cumsum(-1) < 0.5).sum(-1, keepdim=True)
+        values = self.bin_values.detach().expand(len(change_logits), -1, -1)
+        return values.gather(2, below.clamp(max=self.num_bins - 1)).squeeze(2)
+
+    def controller_history(self, float_ctx: torch.Tensor) -> torch.Tensor:
+        """Features of the controllers' recent past, which the raw frames give the trunk only as
+        small differences of large inputs (one stick step, 0.006, beside a value near 0.5 is below
+        bf16's resolution; computed in float32): the last analog changes as asinh(steps) (one
+        step ~0.9, a full flick ~5), and per button the frames it has kept its state (a short
+        hop's jump is held 1-3 frames), over the context length.
+        """
+        frames = float_ctx.float()
+        analog = frames[:, -self.history_changes - 1 :].index_select(2, self.analog_cols)
+        changes = analog[:, 1:] - analog[:, :-1]
+        buttons = frames.index_select(2, self.button_cols) > 0.5
+        same = (buttons == buttons[:, -1:]).flip(1).float()
+        kept = same.cumprod(1).sum(1) / buttons.shape[1]
+        return torch.cat([torch.asinh(changes / ANALOG_STEP).flatten(1), kept], 1)
 
 
 MODELS[POLICY_MODEL_NAME] = ImitationPolicyMLP
@@ -85,11 +145,18 @@ def analog_cols(spec: EncodingSpec) -> list[int]:
     return spec.float_cols(ANALOG_FIELDS)
 
 
+def change_bins(change: torch.Tensor) -> torch.Tensor:
+    """The bin of each analog change (B, 10), 0 .. 2 * len(CHANGE_EDGES_STEPS) - 2, "no change" in the middle."""
+    edges = torch.tensor(CHANGE_EDGES_STEPS, device=change.device) * ANALOG_STEP
+    size = torch.bucketize(change.abs(), edges).clamp(max=len(edges) - 1)
+    return len(edges) - 1 + torch.sign(change).long() * size
+
+
 def predicted_controllers(outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, spec: EncodingSpec):
     """(analog (B, 10) in 0..1, button probabilities (B, 16)) from the policy's outputs.
 
     A predicted change smaller than half a stick step is no change: the controller cannot move by
-    less than one step, and a regression output is never exactly zero.
+    less than one step (a "no change" bin's fitted value may sit a hair off zero).
     """
     last_analog = last_floats.index_select(1, torch.tensor(analog_cols(spec), device=last_floats.device))
     change = outputs["analog_delta"].float()
@@ -109,14 +176,20 @@ def controller_row(analog: torch.Tensor, buttons: torch.Tensor, spec: EncodingSp
 
 
 def policy_loss(outputs: dict[str, torch.Tensor], batch, spec: EncodingSpec, weights) -> tuple[torch.Tensor, dict]:
-    """L1 on the analog changes (x ``loss_weights.continuous``) + BCE on the buttons (x ``.binary``)."""
+    """Cross-entropy of the analog changes' bins (x ``loss_weights.continuous``) + BCE on the
+    buttons (x ``.binary``), + the L1 that fits each bin's value to its training changes (it
+    reaches only ``bin_values``). Reported: ``analog``, the L1 of the predicted (median) change."""
     cols = torch.tensor(analog_cols(spec), device=batch.float_tgt.device)
-    change = batch.float_tgt.index_select(1, cols) - batch.float_ctx[:, -1].index_select(1, cols)
-    analog = F.l1_loss(outputs["analog_delta"].float(), change)
+    change = (batch.float_tgt.index_select(1, cols) - batch.float_ctx[:, -1].index_select(1, cols)).float()
+    bins = change_bins(change)
+    change_ce = F.cross_entropy(outputs["change_logits"].float().transpose(1, 2), bins)
+    values = outputs["bin_values"].expand(len(bins), -1, -1).gather(2, bins[:, :, None]).squeeze(2)
+    bin_fit = F.l1_loss(values, change)
     buttons_target = batch.float_tgt.index_select(1, torch.tensor(spec.button_cols, device=cols.device))
     buttons = F.binary_cross_entropy_with_logits(outputs["button_logits"].float(), buttons_target)
-    total = weights.continuous * analog + weights.binary * buttons
-    return total, {"analog": analog.detach(), "buttons": buttons.detach()}
+    total = weights.continuous * change_ce + bin_fit + weights.binary * buttons
+    analog = F.l1_loss(outputs["analog_delta"].float(), change)
+    return total, {"analog": analog.detach(), "analog_bins": change_ce.detach(), "buttons": buttons.detach()}
 
 
 class PolicyMetrics:

@@ -36,7 +36,7 @@ from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import FrameData, make_batches, preflight
 from meleewm_core.encoding import EncodingSpec, HeadLayout, head_layout
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table
-from meleewm_core.models import build_model, count_parameters
+from meleewm_core.models import build_model, count_parameters, predicted_frame
 
 CHECKPOINT_FORMAT = 1
 # Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
@@ -172,6 +172,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
 # --- one epoch -------------------------------------------------------------------------------------
 
 
+def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
+    # The fused kernel updates every tensor in one pass: on 2 CPU cores 3.5 -> ~1 ms per step.
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=device.type in ("cuda", "cpu"))
+
+
 def use_bf16(device: torch.device, precision: str) -> bool:
     if precision != "auto":
         return precision == "bf16"
@@ -195,6 +201,33 @@ def _default_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_scale)
     weights = experiment.train.loss_weights
     robust = experiment.train.continuous_loss == "huber_normalized"
     return lambda outputs, batch: compute_loss(outputs, batch, layout, weights, delta_scale, robust)
+
+
+def rollout_loss(forward, batch, loss_fn: LossFn, layout: HeadLayout, device: torch.device, bf16: bool):
+    """The loss of ``batch.horizon`` successive predictions, each made from the context the
+    previous ones built (real controllers, predicted state), and the first step's outputs.
+
+    Step 0 is the one-step loss; each further step scores the model against the real frame from
+    wherever its own rollout has got to, so drift is paid for and gradients flow back through the
+    predicted continuous fields to the steps that caused it. The loss is the mean over steps.
+    """
+    float_ctx, int_ctx = batch.float_ctx, batch.int_ctx
+    total, parts, first = 0.0, {}, None
+    for j in range(batch.horizon):
+        step = batch.step(j, float_ctx, int_ctx)
+        with _autocast(device, bf16):
+            outputs = forward(step.float_ctx, step.int_ctx, step.next_ctrl)
+        loss, step_parts = loss_fn(outputs, step)
+        total = total + loss
+        parts = {k: parts.get(k, 0.0) + v for k, v in step_parts.items()}
+        if j == 0:
+            first = outputs
+        if j + 1 < batch.horizon:
+            floats, ints = predicted_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], step.next_ctrl, layout)
+            float_ctx = torch.cat([float_ctx[:, 1:], floats[:, None].to(float_ctx.dtype)], dim=1)
+            int_ctx = torch.cat([int_ctx[:, 1:], ints[:, None]], dim=1)
+    steps = batch.horizon
+    return first, total / steps, {k: v / steps for k, v in parts.items()}
 
 
 @torch.no_grad()
@@ -238,8 +271,7 @@ def fit(
     loss_fn = loss_fn or _default_loss(layout, experiment, delta_scale)
     new_metrics = make_metrics or (lambda: MetricAccumulator(layout))
     if optimizer is None:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      fused=device.type == "cuda")
+        optimizer = make_optimizer(model, cfg, device)
     steps_per_epoch = len(train_batches) if hasattr(train_batches, "__len__") else None
     total_steps = cfg.epochs * steps_per_epoch if steps_per_epoch else None
     # Checking the loss forces a host sync; on CUDA do it every few steps and keep those batches
@@ -265,9 +297,7 @@ def fit(
             lr = learning_rate(step, total_steps or step + 1, cfg.lr, cfg.warmup_steps, cfg.min_lr_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with _autocast(device, bf16):
-                outputs = forward(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
-            loss, parts = loss_fn(outputs, batch)
+            outputs, loss, parts = rollout_loss(forward, batch, loss_fn, layout, device, bf16)
             recent.append((batch_index, batch, loss.detach()))
             if len(recent) == check_every or device.type != "cuda":
                 _check_finite(recent, epoch, spec)
@@ -440,6 +470,9 @@ def train_run(
     # 1. Resolve the config and the device.
     experiment = apply_overrides(experiment, overrides)
     cfg = experiment.train
+    if cfg.rollout_steps > 1 and loss_fn is not None:
+        raise ValueError(f"{experiment.name}: train.rollout_steps={cfg.rollout_steps} needs a world model "
+                         "(its predictions are fed back as frames); use 1 for this model")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     spec = EncodingSpec(experiment.encoding)
@@ -457,15 +490,14 @@ def train_run(
         )
     batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
     train_batches = make_batches(data, "train", batch_size=cfg.batch_size, shuffle=True,
-                                 max_batches=cfg.max_train_batches, **batch_args)
+                                 max_batches=cfg.max_train_batches, horizon=cfg.rollout_steps, **batch_args)
     val_batches = make_batches(data, "val", batch_size=cfg.val_batch_size or cfg.batch_size, shuffle=False,
                                max_batches=cfg.max_val_batches, **batch_args)
     std = typical_deltas(data, layout, cfg.continuous_loss).to(device) if cfg.continuous_loss != "mse" else None
 
     # 3. Model and optimizer, fresh or resumed.
     model = build_model(experiment.encoding, experiment.model).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg, device)
     start_epoch = start_step = 0
     all_epochs: list[dict[str, Any]] = []
     if resume:

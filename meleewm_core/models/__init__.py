@@ -13,6 +13,7 @@ from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
 from meleewm_core.encoding import HeadLayout
+from meleewm_core.metrics import cached_tensor
 from meleewm_core.models.mlp import FrameStackMLP
 
 MODELS: dict[str, type[nn.Module]] = {"frame_stack_mlp": FrameStackMLP}
@@ -38,23 +39,34 @@ def next_frame(
     next_ctrl: torch.Tensor,
     layout: HeadLayout,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``predicted_frame`` for rollouts at inference (no gradient)."""
+    return predicted_frame(outputs, last_floats, last_ints, next_ctrl, layout)
+
+
+def predicted_frame(
+    outputs: dict[str, torch.Tensor],
+    last_floats: torch.Tensor,
+    last_ints: torch.Tensor,
+    next_ctrl: torch.Tensor,
+    layout: HeadLayout,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a prediction into the next frame's encoded rows ``(floats (B,F), ints (B,I))``.
 
     Predicted continuous fields are the last frame plus the predicted delta, binaries are the
     logits' sign, categoricals the argmax; the controllers come from ``next_ctrl`` (the frame's
     real inputs); every field the heads do not predict (all but four continuous fields and two
     categoricals with ``v22`` heads; stage always) is carried over from the last frame. Feed the
-    result back as the newest context frame for an autoregressive rollout.
+    result back as the newest context frame for an autoregressive rollout. The continuous
+    fields keep their gradient (multi-step training back-propagates through them); binaries and
+    categoricals are decisions and carry none.
     """
     spec = layout.spec
-    floats = last_floats.clone().float()
+    device = last_floats.device
+    floats = last_floats.float().index_add(1, cached_tensor(tuple(layout.continuous_cols), device),
+                                           outputs["continuous_delta"].float())
+    floats[:, cached_tensor(tuple(layout.binary_cols), device)] = (outputs["binary_logits"].detach() > 0).float()
+    floats[:, cached_tensor(tuple(spec.controller_cols), device)] = next_ctrl[:, : len(spec.controller_cols)].float()
     ints = last_ints.clone()
-    cont = torch.tensor(layout.continuous_cols, device=floats.device)
-    floats[:, cont] += outputs["continuous_delta"].float()
-    binary = torch.tensor(layout.binary_cols, device=floats.device)
-    floats[:, binary] = (outputs["binary_logits"] > 0).float()
-    ctrl = torch.tensor(spec.controller_cols, device=floats.device)
-    floats[:, ctrl] = next_ctrl[:, : len(spec.controller_cols)].float()
     for key, player, name, _ in layout.logit_heads:
         ints[:, layout.categorical_col(player, name)] = outputs[key].argmax(dim=-1).to(ints.dtype)
     return floats, ints

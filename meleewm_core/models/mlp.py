@@ -14,6 +14,7 @@ from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
 from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, head_layout
+from meleewm_core.models import layers
 
 
 class FrameStackMLP(nn.Module):
@@ -25,7 +26,7 @@ class FrameStackMLP(nn.Module):
         spec = self.spec
 
         self.embeddings = nn.ModuleDict(
-            {name: nn.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
+            {name: layers.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
         )
         # Both players' int columns of each categorical, gathered in one lookup.
         for name in spec.categorical_fields:
@@ -36,10 +37,10 @@ class FrameStackMLP(nn.Module):
         self.trunk = nn.Sequential(
             nn.Linear(input_dim, model.hidden_dim),
             nn.ReLU(),
-            nn.Dropout(model.dropout),
+            layers.Dropout(model.dropout),
             nn.Linear(model.hidden_dim, model.trunk_dim),
             nn.ReLU(),
-            nn.Dropout(model.dropout),
+            layers.Dropout(model.dropout),
         )
         num_deltas = len(self.layout.continuous_cols)
         self.head_sizes = {
@@ -51,6 +52,15 @@ class FrameStackMLP(nn.Module):
         if model.delta_gate:
             self.head_sizes["continuous_change_logits"] = num_deltas
         self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
+
+        self.motion_prior = model.motion_prior
+        if model.motion_prior:
+            if model.context_len < 2:
+                raise ValueError("model.motion_prior needs model.context_len >= 2 (a displacement needs two frames)")
+            moving = [(i, col) for i, col in enumerate(self.layout.continuous_cols)
+                      if spec.float_names[col].split(".")[1] in ("x", "y")]
+            self.register_buffer("motion_slots", torch.tensor([i for i, _ in moving]), persistent=False)
+            self.register_buffer("motion_cols", torch.tensor([c for _, c in moving]), persistent=False)
 
         self.persistence_prior = model.persistence_prior
         if model.persistence_prior:
@@ -105,9 +115,15 @@ class FrameStackMLP(nn.Module):
                 last = int_ctx[:, -1, self.spec.int_col(player, name)]
                 bonus = self.categorical_prior[i].to(out.dtype).expand(len(last), 1)
                 outputs[key] = outputs[key].scatter_add(1, last[:, None], bonus)
+        if self.motion_prior:
+            # In float32: a bf16 sum would round the displacement to 3 significant digits.
+            moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
+            outputs["continuous_delta"] = outputs["continuous_delta"].float().index_add(1, self.motion_slots, moved)
         if self.delta_gate:
             # The raw delta is what the loss trains; the gated one is the prediction.
             outputs["continuous_delta_raw"] = outputs["continuous_delta"]
-            changes = (outputs["continuous_change_logits"] > 0).to(out.dtype)
+            changes = outputs["continuous_change_logits"] > 0
+            if self.motion_prior:
+                changes = changes.index_fill(1, self.motion_slots, True)
             outputs["continuous_delta"] = outputs["continuous_delta"] * changes
         return outputs

@@ -78,3 +78,25 @@ def test_preflight_names_array_shapes_and_flags(press_shards):
     plain = EncodingSpec(EncodingConfig())
     with pytest.raises(ShapeError, match=r"(?s)press_events=False.*next_ctrl: shape \(B, 42\), expected \(B, 26\)"):
         preflight(batch, plain, K)
+
+
+def test_a_horizon_adds_the_following_frames_and_never_crosses_a_game(press_shards):
+    folder, spec = press_shards
+    data = FrameData.from_shards(folder, spec, train_percent=50)
+    horizon = 5
+    one_step = np.concatenate(data.targets("train", K))
+    targets = np.concatenate(data.targets("train", K, horizon))
+    for game in (g for g in data.games if g.split == "train"):
+        rows = targets[(targets >= game.offset) & (targets < game.offset + game.num_frames)]
+        assert rows.max() == game.offset + game.num_frames - horizon
+    assert len(one_step) - len(targets) == (horizon - 1) * sum(g.split == "train" for g in data.games)
+
+    floats = np.concatenate([f for f, _ in data.shards])
+    batch = next(iter(ResidentBatches(data, "train", batch_size=8, context_len=K, shuffle=False, horizon=horizon)))
+    t = int(targets[0])
+    assert batch.horizon == horizon and batch.ahead_float.shape == (8, horizon - 1, spec.float_per_frame)
+    assert torch.equal(batch.ahead_float[0], torch.from_numpy(floats[t + 1 : t + horizon]))
+    third = batch.step(2, batch.float_ctx, batch.int_ctx)
+    assert torch.equal(third.float_tgt[0], torch.from_numpy(floats[t + 2]))
+    pressed = (floats[t + 2, spec.button_cols] > 0.5) & (floats[t + 1, spec.button_cols] < 0.5)
+    assert torch.equal(third.next_ctrl[0, 26:], torch.from_numpy(pressed.astype(np.float32)))

@@ -97,3 +97,58 @@ def test_persistence_prior_starts_at_repeat_the_last_frame_and_gate_zeroes_uncha
     assert 0 < gated.sum() < gated.numel()
     assert torch.equal(outputs["continuous_delta"] != 0, gated)
     assert torch.equal(outputs["continuous_delta"][gated], outputs["continuous_delta_raw"][gated])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fast_embedding_gives_torchs_output_and_gradient(autocast):
+    from meleewm_core.models import layers
+
+    torch.manual_seed(0)
+    ours = layers.Embedding(40, 6)
+    stock = torch.nn.Embedding(40, 6)
+    stock.load_state_dict(ours.state_dict())
+    indices = torch.randint(0, 40, (64, 10, 2))
+    upstream = torch.randn(64, 10, 2, 6)
+    for module in (ours, stock):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(indices)
+        (out.float() * upstream).sum().backward()
+    assert ours.weight.grad.dtype == torch.float32
+    tolerance = 5e-2 if autocast else 1e-5  # bf16 rounds each upstream gradient row
+    torch.testing.assert_close(ours.weight.grad, stock.weight.grad, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(ours(indices), stock(indices))
+
+
+def test_pooled_dropout_drops_the_right_share_keeps_the_mean_and_changes_every_step():
+    from meleewm_core.models import layers
+
+    torch.manual_seed(0)
+    dropout = layers.Dropout(0.1)
+    x = torch.ones(512, 512)
+    first, second = dropout(x), dropout(x)
+    assert abs((first == 0).float().mean().item() - 0.1) < 0.005
+    assert abs(first.mean().item() - 1.0) < 0.01
+    assert (first != second).float().mean() > 0.1
+    dropout.eval()
+    assert torch.equal(dropout(x), x)
+
+
+def test_untrained_motion_prior_moves_like_constant_velocity_and_gates_never_stop_it():
+    encoding = EncodingConfig()
+    model = build_model(encoding, ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True,
+                                              motion_prior=True)).eval()
+    spec = EncodingSpec(encoding)
+    float_ctx = torch.rand(6, 10, spec.float_per_frame)
+    ints = torch.zeros(6, 10, spec.int_per_frame, dtype=torch.long)
+    outputs = model(float_ctx, ints, torch.rand(6, spec.ctrl_conditioning_dim))
+    floats, _ = next_frame(outputs, float_ctx[:, -1], ints[:, -1], torch.rand(6, spec.ctrl_conditioning_dim), model.layout)
+    for player in range(2):
+        for name in ("x", "y"):
+            col = spec.float_col(player, name)
+            expected = 2 * float_ctx[:, -1, col] - float_ctx[:, -2, col]
+            torch.testing.assert_close(floats[:, col], expected)
+        percent = spec.float_col(player, "percent")
+        torch.testing.assert_close(floats[:, percent], float_ctx[:, -1, percent])
+
+    with pytest.raises(ValueError, match="context_len >= 2"):
+        build_model(encoding, ModelConfig(motion_prior=True, context_len=1))

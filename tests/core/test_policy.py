@@ -14,7 +14,18 @@ from meleewm_core.config import load_experiment
 from meleewm_core.data import FrameData, make_batches
 from meleewm_core.encoding import EncodingSpec
 from meleewm_core.eval import evaluate_run
-from meleewm_core.policy import POLICY_MODEL_NAME, evaluate_policy, train_policy_run
+from meleewm_core.policy import (
+    ANALOG_STEP,
+    CHANGE_EDGES_STEPS,
+    POLICY_MODEL_NAME,
+    ImitationPolicyMLP,
+    PolicyMetrics,
+    analog_cols,
+    change_bins,
+    evaluate_policy,
+    policy_loss,
+    train_policy_run,
+)
 from meleewm_core.train import ensure_shards, load_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -52,6 +63,10 @@ def test_eval_scores_a_policy_against_copy_previous(policy_run, root):
     assert png[:8] == PNG_SIGNATURE and len(png) > 10_000
 
 
+NO_CHANGE = len(CHANGE_EDGES_STEPS) - 1
+NUM_BINS = 2 * len(CHANGE_EDGES_STEPS) - 1
+
+
 class CopyPrevious(nn.Module):
     """A policy that repeats the last controller: must score exactly the copy-previous baseline."""
 
@@ -62,17 +77,69 @@ class CopyPrevious(nn.Module):
     def forward(self, float_ctx, int_ctx, next_ctrl=None):
         last = float_ctx[:, -1]
         buttons = last[:, self.spec.button_cols]
-        return {"analog_delta": torch.zeros(len(last), 10), "button_logits": (buttons * 2 - 1) * 30}
+        change_logits = torch.nn.functional.one_hot(torch.full((len(last), 10), NO_CHANGE), NUM_BINS).float() * 30
+        return {"analog_delta": torch.zeros(len(last), 10), "change_logits": change_logits,
+                "bin_values": torch.zeros(10, NUM_BINS), "button_logits": (buttons * 2 - 1) * 30}
 
 
-def test_copy_previous_policy_equals_the_baseline(root):
+@pytest.fixture(scope="module")
+def val_batches(root):
     experiment = quick_experiment("policy-copy", model={"name": POLICY_MODEL_NAME})
     spec = EncodingSpec(experiment.encoding)
     data = FrameData.from_shards(ensure_shards(experiment, root, progress=False), spec, train_percent=70)
-    batches = make_batches(data, "val", mode="memory", batch_size=2048, context_len=10, device="cpu", shuffle=False)
-    metrics = evaluate_policy(CopyPrevious(spec), batches, experiment)
+    return experiment, list(make_batches(data, "val", mode="memory", batch_size=2048, context_len=10, device="cpu",
+                                         shuffle=False))
+
+
+def test_copy_previous_policy_equals_the_baseline(val_batches):
+    experiment, batches = val_batches
+    metrics = evaluate_policy(CopyPrevious(EncodingSpec(experiment.encoding)), batches, experiment)
     for key in ("stick_mae", "stick_mse", "shoulder_mae", "button_acc", "button_f1", "button_press_recall"):
         assert metrics[key] == pytest.approx(metrics[f"baseline/{key}"], abs=1e-7), key
+
+
+def test_every_stick_change_has_a_bin_that_stands_for_it():
+    experiment = quick_experiment("policy-bins", model={"name": POLICY_MODEL_NAME})
+    values = ImitationPolicyMLP(experiment.encoding, experiment.model).bin_values.detach()[0]
+    steps = torch.arange(-160, 161, dtype=torch.float32)
+    bins = change_bins(steps[:, None] * ANALOG_STEP)[:, 0]
+    assert bins[steps == 0].item() == NO_CHANGE
+    # The untrained bin values are within 10% of any change in their bin (training refines them).
+    assert torch.all((values[bins] - steps * ANALOG_STEP).abs() <= 0.1 * steps.abs() * ANALOG_STEP + 1e-7)
+
+
+def oracle_share_scores(batches, experiment, share: float) -> dict[str, float]:
+    """Scores of a policy that gives ``share`` of each analog field's probability to the bin of the
+    real change (read from the target) and the rest to "no change", decided by the policy's own
+    median rule; buttons copy the last frame."""
+    spec = EncodingSpec(experiment.encoding)
+    model = ImitationPolicyMLP(experiment.encoding, experiment.model)
+    metrics = PolicyMetrics(spec)
+    for batch in batches:
+        cols = analog_cols(spec)
+        bins = change_bins(batch.float_tgt[:, cols] - batch.float_ctx[:, -1, cols])
+        probs = torch.zeros(len(bins), 10, NUM_BINS)
+        probs[..., NO_CHANGE] = 1 - share
+        probs.scatter_add_(2, bins[..., None], torch.full((len(bins), 10, 1), share))
+        logits = probs.clamp(min=1e-9).log()
+        buttons = batch.float_ctx[:, -1, spec.button_cols]
+        outputs = {"analog_delta": model.median_change(logits), "change_logits": logits,
+                   "bin_values": model.bin_values, "button_logits": (buttons * 2 - 1) * 30}
+        loss, parts = policy_loss(outputs, batch, spec, experiment.train.loss_weights)
+        metrics.update(outputs, batch, loss, parts)
+    return metrics.result()
+
+
+def test_the_policy_moves_a_stick_only_when_most_of_its_probability_says_so(val_batches):
+    experiment, batches = val_batches
+    unsure = oracle_share_scores(batches, experiment, 0.4)
+    assert unsure["stick_mae"] == pytest.approx(unsure["baseline/stick_mae"], abs=1e-7)
+    assert unsure["shoulder_mae"] == pytest.approx(unsure["baseline/shoulder_mae"], abs=1e-7)
+    # Mid-flick, the stick moves on: a policy that is right more often than not about where
+    # (within its bin) beats copying the previous stick by far.
+    sure = oracle_share_scores(batches, experiment, 0.6)
+    assert sure["stick_mae"] < 0.2 * sure["baseline/stick_mae"]
+    assert sure["shoulder_mae"] < 0.2 * sure["baseline/shoulder_mae"]
 
 
 def test_policy_experiment_file_validates():

@@ -137,3 +137,32 @@ def test_experiment_files_load_and_the_full_state_experiment_trains(root):
     assert "field/hitlag_mae" in result.metrics and "field/ground_acc" in result.metrics
     loaded = load_checkpoint(result.best_checkpoint)
     assert loaded.state["delta_scale"] is not None and loaded.experiment.model.delta_gate
+
+
+def test_rollout_training_feeds_predictions_back_with_their_gradient(root):
+    from meleewm_core.data import make_batches
+    from meleewm_core.encoding import head_layout
+    from meleewm_core.train import _default_loss, ensure_shards, rollout_loss
+
+    model_cfg = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True)
+    exp = experiment(model=model_cfg, train=QUICK.model_copy(update={"rollout_steps": 3}))
+    spec = EncodingSpec(exp.encoding)
+    layout = head_layout(spec, "full_state")
+    data = FrameData.from_shards(ensure_shards(exp, root, progress=False), spec, train_percent=50)
+    batch = next(iter(make_batches(data, "train", mode="memory", batch_size=32, context_len=10, device="cpu",
+                                   shuffle=False, horizon=3)))
+    model = build_model(exp.encoding, model_cfg).eval()
+    loss_fn = _default_loss(layout, exp, None)
+    device = torch.device("cpu")
+
+    first, loss, _ = rollout_loss(model, batch, loss_fn, layout, device, False)
+    one_step, _ = loss_fn(first, batch)
+    assert not torch.isclose(loss, one_step)
+    # The first step's predicted position is the newest context frame of the second: the later
+    # steps' loss reaches it, so the first step learns what its error costs downstream.
+    later_steps = loss - one_step / batch.horizon
+    grad = torch.autograd.grad(later_steps, first["continuous_delta"])[0]
+    assert grad[:, layout.continuous_cols.index(spec.float_col(0, "x"))].abs().sum() > 0
+
+    result = train_run(exp, root, progress=False)
+    assert result.manifest["config"]["train"]["rollout_steps"] == 3 and math.isfinite(result.metrics["loss"])

@@ -1,0 +1,92 @@
+"""Train experiment variants and score each one step ahead and in 60-frame rollouts, in one call.
+
+    python bench/sweep.py ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
+
+ROOT is a data root (parsed games + manifest, or just the shard folder on a GPU box without
+polars: ``train.ensure_shards`` then uses the folder as it is); CONFIG an experiment file; each
+KEY=VALUE a dotted override (``train.epochs=10``). For each job it trains with ``train_run``, then
+rolls the best checkpoint out from 128 starts over the run's validation games (``eval.rollout``,
+no plots, so it runs where matplotlib is missing) and prints one JSON line: the four headline
+validation metrics beside persistence, the per-field metrics that do not beat persistence, and
+the rollout position error at steps 1-60 for the model, persistence and constant velocity.
+``--budget-s`` skips the jobs that would start after it; ``--out`` also writes the list as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from meleewm_core.config import load_experiment  # noqa: E402
+from meleewm_core.eval import load_run, model_predictor, open_val_data, rollout  # noqa: E402
+from meleewm_core.store import DataRoot  # noqa: E402
+from meleewm_core.train import train_run  # noqa: E402
+
+HEADLINE = ("action_acc", "action_change_acc", "position_mae", "damage_mae")
+
+
+def run_job(root_path: str, config: str, sets: list[str]) -> dict:
+    overrides = {"train.wandb": False}
+    for item in sets:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    experiment = load_experiment(config, overrides)
+    root = DataRoot.from_env(root_path)
+    started = time.perf_counter()
+    result = train_run(experiment, root, progress=False)
+    train_s = time.perf_counter() - started
+    run = load_run(result.run_dir, "auto")
+    report = rollout(model_predictor(run.model), open_val_data(run, root), run.layout, experiment.model.context_len,
+                     steps=60, starts=128, device=run.device).report
+    last = result.manifest["all_epochs"][-1]
+    return {
+        "root": root_path, "config": config, "overrides": sets, "run_dir": str(result.run_dir),
+        "train_s": round(train_s, 1), "samples_per_s": last["samples_per_s"],
+        "val_games": len(result.manifest["game_md5s"]["val"]),
+        "teacher_forced": {k: {"model": round(last["val"][k], 4), "persistence": round(last["val"][f"baseline/{k}"], 4)}
+                           for k in HEADLINE},
+        "not_beating_persistence": [k for k, beats in last["beats_persistence"].items() if not beats],
+        "rollout_position": {step: {who: round(v, 2) for who, v in by.items()}
+                             for step, by in report.at_steps["position"].items()},
+        "rollout_scored_at_60": report.counts[-1],
+        "sanity": report.sanity,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("jobs", nargs=argparse.REMAINDER, help="ROOT CONFIG [KEY=VALUE ...], jobs separated by --")
+    parser.add_argument("--budget-s", type=float, default=540)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    jobs, current = [], []
+    for word in args.jobs:
+        if word == "--":
+            jobs.append(current)
+            current = []
+        else:
+            current.append(word)
+    jobs = [job for job in [*jobs, current] if job]
+    if not jobs or any(len(job) < 2 for job in jobs):
+        parser.error("each job needs ROOT and CONFIG")
+    deadline = time.perf_counter() + args.budget_s
+    results = []
+    for root_path, config, *sets in jobs:
+        if time.perf_counter() > deadline:
+            results.append({"root": root_path, "config": config, "overrides": sets, "skipped": "budget"})
+            continue
+        results.append(run_job(root_path, config, sets))
+        print(json.dumps(results[-1]), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
