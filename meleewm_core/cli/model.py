@@ -13,6 +13,7 @@ examples:
   meleewm train --config experiments/baseline-v22.yaml
   meleewm train --config experiments/exp-3a-full-state.yaml --epochs 3 --batch-size 512
   meleewm train --config experiments/baseline-v22.yaml --resume data/runs/baseline-v22/<run-id>/final.pt --epochs 6
+  meleewm train --config experiments/exp-6a-motion-prior.yaml --set train.games=two_players --set train.rollout_steps=4
 
 The run folder is <data>/runs/<experiment>/<run-id>/ (best.pt, final.pt, manifest.json, wandb/).
 Shards missing for the experiment's encoding are encoded first. wandb runs offline into the run
@@ -54,13 +55,23 @@ def run_encode(args: argparse.Namespace) -> int:
 
 def training_overrides(args: argparse.Namespace) -> dict:
     """The experiment keys the training flags of ``add_training_arguments`` override."""
-    return {
+    import yaml
+
+    from meleewm_core.config import ConfigError
+
+    overrides = {
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
         "train.max_games": args.max_games,
         "train.device": args.device,
         "train.wandb": False if args.no_wandb else None,
     }
+    for item in args.set:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.rollout_steps=8")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
@@ -71,6 +82,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     parser.add_argument("--max-games", type=int, help="train on the first N games (by MD5)")
     parser.add_argument("--device", help="auto (default), cuda, mps or cpu")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any experiment field by its dotted key, read as YAML "
+                             "(repeatable), e.g. --set train.games=two_players --set model.dropout=0.3")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
 
 

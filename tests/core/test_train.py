@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,20 @@ def test_rollout_training_feeds_predictions_back_with_their_gradient(root):
 
     result = train_run(exp, root, progress=False)
     assert result.manifest["config"]["train"]["rollout_steps"] == 3 and math.isfinite(result.metrics["loss"])
+
+
+def test_train_command_takes_dotted_overrides_and_names_a_bad_one(root, capsys):
+    from meleewm_core.cli import main
+
+    common = ["train", "--config", "experiments/exp-6a-motion-prior.yaml", "--data", str(root.root), "--no-wandb",
+              "--quiet", "--epochs", "1", "--set", "train.train_percent=50", "--set", "train.max_val_batches=1"]
+    assert main([*common, "--set", "train.max_train_batches=2", "--set", "train.rollout_steps=2"]) == 0
+    run_dir = capsys.readouterr().out.split("run: ")[1].split()[0]
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    assert manifest["config"]["train"]["rollout_steps"] == 2 and manifest["config"]["model"]["motion_prior"]
+    assert manifest["all_epochs"][0]["step"] == 2
+
+    assert main([*common, "--set", "train.rollout_step=2"]) == 1
+    assert "rollout_step" in capsys.readouterr().err
+    assert main([*common, "--set", "train.rollout_steps"]) == 1
+    assert "expected KEY=VALUE" in capsys.readouterr().err
