@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO / "dagster_home"))
+    # Dagster refuses a DAGSTER_HOME that does not exist yet; a fresh one named by the user is
+    # made here (with Dagster's default instance settings).
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     import dagster as dg
 
     from meleewm_core.store import MissingFolderError, default_replay_folder
