@@ -20,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meleewm_core.config import load_experiment  # noqa: E402
+from meleewm_core.config import load_experiment, parse_assignments  # noqa: E402
 from meleewm_core.eval import load_run, model_predictor, open_val_data, rollout  # noqa: E402
 from meleewm_core.store import DataRoot  # noqa: E402
 from meleewm_core.train import train_run  # noqa: E402
@@ -33,11 +31,7 @@ HEADLINE = ("action_acc", "action_change_acc", "position_mae", "damage_mae")
 
 
 def run_job(root_path: str, config: str, sets: list[str]) -> dict:
-    overrides = {"train.wandb": False}
-    for item in sets:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    experiment = load_experiment(config, overrides)
+    experiment = load_experiment(config, {"train.wandb": False, **parse_assignments(sets)})
     root = DataRoot.from_env(root_path)
     started = time.perf_counter()
     result = train_run(experiment, root, progress=False)

@@ -265,18 +265,13 @@ def run_gpu(args) -> dict:
 
 
 def run_quality(args) -> dict:
-    import yaml
-
-    from meleewm_core.config import load_experiment
+    from meleewm_core.config import load_experiment, parse_assignments
     from meleewm_core.store import DataRoot
     from meleewm_core.train import train_run
 
     overrides = {"train.max_games": args.max_games, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
                  "train.wandb": False, "train.games": args.games, "train.compile": args.compile}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    experiment = load_experiment(args.config, overrides)
+    experiment = load_experiment(args.config, {**overrides, **parse_assignments(args.set or [])})
     started = time.perf_counter()
     result = train_run(experiment, DataRoot.from_env(args.data), progress=not args.quiet)
     epochs = result.manifest["all_epochs"]

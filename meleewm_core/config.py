@@ -191,6 +191,19 @@ class ConfigError(ValueError):
     """An experiment file or override is malformed; the message names the file and the key."""
 
 
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "model.ungated=[a, b]"]`` -> dotted-key overrides, each value read as YAML."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.rollout_steps=8")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
     *parents, leaf = dotted_key.split(".")
     node = tree

@@ -55,23 +55,16 @@ def run_encode(args: argparse.Namespace) -> int:
 
 def training_overrides(args: argparse.Namespace) -> dict:
     """The experiment keys the training flags of ``add_training_arguments`` override."""
-    import yaml
+    from meleewm_core.config import parse_assignments
 
-    from meleewm_core.config import ConfigError
-
-    overrides = {
+    return {
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
         "train.max_games": args.max_games,
         "train.device": args.device,
         "train.wandb": False if args.no_wandb else None,
+        **parse_assignments(args.set),
     }
-    for item in args.set:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.rollout_steps=8")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
