@@ -123,29 +123,28 @@ def measure_reference_style(data: FrameData, *, batch_size: int, batches: int) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     layout = head_layout(data.spec, "v22")
     loader = torch.utils.data.DataLoader(PerSampleWindows(data, 10), batch_size=batch_size, shuffle=True)
-    times = []
-    for i, parts in enumerate(loader):
-        if i == batches + 5:
-            break
-        started = time.perf_counter()
+
+    def step(parts) -> None:
         batch = Batch(*parts)
         outputs = model(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
         loss, _ = compute_loss(outputs, batch, layout, LossWeights())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+    times = []
+    for i, parts in enumerate(loader):
+        if i == batches + 5:
+            break
+        started = time.perf_counter()
+        step(parts)
         times.append(time.perf_counter() - started)
     # The loader's own time lies between steps; measure the whole loop instead of the steps alone.
     started = time.perf_counter()
     for i, parts in enumerate(loader):
         if i == batches:
             break
-        batch = Batch(*parts)
-        outputs = model(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
-        loss, _ = compute_loss(outputs, batch, layout, LossWeights())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        step(parts)
     seconds = time.perf_counter() - started
     return {"pattern": "per-sample __getitem__ + DataLoader, fp32", "batch_size": batch_size,
             "samples_per_s": round(batches * batch_size / seconds, 1),

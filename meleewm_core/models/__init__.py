@@ -31,18 +31,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def next_frame(
-    outputs: dict[str, torch.Tensor],
-    last_floats: torch.Tensor,
-    last_ints: torch.Tensor,
-    next_ctrl: torch.Tensor,
-    layout: HeadLayout,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``predicted_frame`` for rollouts at inference (no gradient)."""
-    return predicted_frame(outputs, last_floats, last_ints, next_ctrl, layout)
-
-
 def predicted_frame(
     outputs: dict[str, torch.Tensor],
     last_floats: torch.Tensor,
@@ -70,3 +58,7 @@ def predicted_frame(
     for key, player, name, _ in layout.logit_heads:
         ints[:, layout.categorical_col(player, name)] = outputs[key].argmax(dim=-1).to(ints.dtype)
     return floats, ints
+
+
+# For rollouts at inference: the same frame, without building a graph.
+next_frame = torch.no_grad()(predicted_frame)
