@@ -5,7 +5,8 @@ change of ``meleewm_core/models/layers.py`` and the fused AdamW, and the ops beh
 
 Steps are timed on the same pre-gathered batches (batch 512, bf16 autocast where the CPU has
 native bf16), best of 3 passes; the op timings use the shapes of one such step (10,240 looked-up
-rows per embedding table, a 512x512 dropout mask). Prints one JSON object.
+rows per embedding table, a 512x512 dropout mask); ``--profile`` adds torch.profiler's costliest
+ops per step for the stock and the final step. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.train import with_stock_torch_layers  # noqa: E402
 from meleewm_core.config import EncodingConfig, ExperimentConfig, LossWeights, TrainConfig  # noqa: E402
 from meleewm_core.data import FrameData, make_batches  # noqa: E402
 from meleewm_core.encoding import EncodingSpec, head_layout  # noqa: E402
 from meleewm_core.metrics import compute_loss  # noqa: E402
-from meleewm_core.models import build_model, layers  # noqa: E402
+from meleewm_core.models import build_model  # noqa: E402
 from meleewm_core.store import DataRoot  # noqa: E402
 from meleewm_core.train import ensure_shards, use_bf16  # noqa: E402
 
@@ -35,6 +37,7 @@ VARIANTS = {
     "+ pooled dropout only": (False, True, False),
     "all three (what train.py runs)": (True, True, True),
 }
+FIRST, LAST = list(VARIANTS)[0], list(VARIANTS)[-1]
 
 
 def per_call_ms(fn, repeats: int = 50) -> float:
@@ -46,15 +49,11 @@ def per_call_ms(fn, repeats: int = 50) -> float:
     return round((time.perf_counter() - started) / repeats * 1e3, 3)
 
 
-def step_samples_per_s(batches, spec: EncodingSpec, fast_embedding: bool, pooled_dropout: bool, fused: bool,
-                       bf16: bool) -> float:
+def training_step(spec: EncodingSpec, fast_embedding: bool, pooled_dropout: bool, fused: bool, bf16: bool):
+    """One v2.2 training step as a function of a batch, with the chosen modules and optimizer."""
     torch.manual_seed(0)
-    model = build_model(spec.config, ExperimentConfig(name="bench").model)
-    for module in model.modules():
-        if isinstance(module, layers.Embedding) and not fast_embedding:
-            module.__class__ = torch.nn.Embedding
-        elif isinstance(module, layers.Dropout) and not pooled_dropout:
-            module.__class__ = torch.nn.Dropout
+    model = with_stock_torch_layers(build_model(spec.config, ExperimentConfig(name="bench").model),
+                                    embedding=not fast_embedding, dropout=not pooled_dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=fused)
     layout = head_layout(spec, "v22")
 
@@ -66,6 +65,11 @@ def step_samples_per_s(batches, spec: EncodingSpec, fast_embedding: bool, pooled
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def samples_per_s(step, batches) -> float:
+    """Best of 3 passes over ``batches[10:]`` after 10 warm-up steps."""
     for batch in batches[:10]:
         step(batch)
     best = 0.0
@@ -75,6 +79,21 @@ def step_samples_per_s(batches, spec: EncodingSpec, fast_embedding: bool, pooled
             step(batch)
         best = max(best, sum(len(b.float_tgt) for b in batches[10:]) / (time.perf_counter() - started))
     return round(best, 1)
+
+
+def profile_ms_per_step(step, batches, top: int = 10) -> dict[str, float]:
+    """Self CPU time of the ``top`` costliest ops, in ms per step, over 10 profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for batch in batches[:10]:
+        step(batch)
+    profiled = batches[10:20]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in profiled:
+            step(batch)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    ms = {e.key: round(e.self_cpu_time_total / 1e3 / len(profiled), 2) for e in events[:top]}
+    return {"total": round(sum(e.self_cpu_time_total for e in events) / 1e3 / len(profiled), 2), **ms}
 
 
 def op_timings() -> dict:
@@ -97,6 +116,8 @@ def main() -> None:
     parser.add_argument("--selection", default="two_players")
     parser.add_argument("--batches", type=int, default=60, help="timed batches per pass")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 10 steps of the first and last variant (ms per step of the costliest ops)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or torch.get_num_threads())
     encoding = EncodingConfig()
@@ -110,9 +131,13 @@ def main() -> None:
     bf16 = use_bf16(torch.device("cpu"), "auto")
     result = {
         "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16_autocast": bf16,
-        "samples_per_s": {name: step_samples_per_s(batches, spec, *flags, bf16=bf16) for name, flags in VARIANTS.items()},
+        "samples_per_s": {name: samples_per_s(training_step(spec, *flags, bf16=bf16), batches)
+                          for name, flags in VARIANTS.items()},
         "ops": op_timings(),
     }
+    if args.profile:
+        result["profile_ms_per_step"] = {name: profile_ms_per_step(training_step(spec, *VARIANTS[name], bf16=bf16), batches)
+                                         for name in (FIRST, LAST)}
     print(json.dumps(result, indent=2))
 
 

@@ -98,15 +98,15 @@ class PerSampleWindows(torch.utils.data.Dataset):
         return self.floats[t - self.k : t], self.ints[t - self.k : t], frame[self.ctrl], frame, self.ints[t]
 
 
-def with_stock_torch_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with torch's own Embedding and Dropout (what the reference runs) in place of
+def with_stock_torch_layers(model: torch.nn.Module, embedding: bool = True, dropout: bool = True) -> torch.nn.Module:
+    """The model with torch's own Embedding and/or Dropout (what the reference runs) in place of
     ``meleewm_core.models.layers``; same parameters."""
     from meleewm_core.models import layers
 
     for module in model.modules():
-        if isinstance(module, layers.Embedding):
+        if embedding and isinstance(module, layers.Embedding):
             module.__class__ = torch.nn.Embedding
-        elif isinstance(module, layers.Dropout):
+        elif dropout and isinstance(module, layers.Dropout):
             module.__class__ = torch.nn.Dropout
     return model
 
