@@ -117,6 +117,13 @@ class ModelConfig(StrictModel):
     # beats persistence 2.5x one frame ahead) and the heads learn the departures from it; the
     # change gate never closes on them. Needs context_len >= 2.
     motion_prior: bool = False
+    # Inputs and delta outputs in units the optimizer can move: each float input standardised by
+    # its training mean and spread, each context step's change of every predicted continuous field
+    # added as an input, and the deltas predicted in units of that field's typical change (all
+    # measured on the training games; stored in the checkpoint). Raw, a 1-unit step of x is 0.05
+    # on an input that spans +-10, and an air-speed change 0.003: too small for AdamW at lr 1e-3
+    # to find in a few epochs.
+    normalized_dynamics: bool = False
 
 
 class LossWeights(StrictModel):
@@ -175,6 +182,11 @@ class TrainConfig(StrictModel):
     # teaches the model to keep a rollout on track. The loss is the mean over the steps;
     # validation stays one-step, so its metrics compare with every other run.
     rollout_steps: int = Field(1, ge=1)
+    # What the steps after the first are scored on: "all" heads (the loss is the mean over the
+    # steps), or "position": the first step keeps the whole one-step loss and the later ones add
+    # the mean x/y error only, so the categorical, binary and sparse heads are never trained to
+    # "correct" a drifted context (which costs them their one-step accuracy).
+    rollout_loss: Literal["all", "position"] = "all"
     wandb: bool = True
     wandb_project: str = "meleewm"
 

@@ -542,6 +542,11 @@ class HeadLayout:
     def binary_cols(self) -> list[int]:
         return self.spec.float_cols(BINARY_FIELDS)
 
+    @cached_property
+    def position_slots(self) -> list[int]:
+        """Indices of the x and y deltas among the continuous delta outputs."""
+        return [i for i, col in enumerate(self.continuous_cols) if self.spec.float_names[col].split(".")[1] in ("x", "y")]
+
     def categorical_col(self, player: int, name: str) -> int:
         return self.spec.int_col(player, name)
 

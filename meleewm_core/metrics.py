@@ -51,6 +51,31 @@ def _continuous_weights(layout: HeadLayout, weights: LossWeights) -> list[float]
     return [weight(name) for _ in range(NUM_PLAYERS) for name in layout.continuous]
 
 
+def _delta_error(pred: torch.Tensor, target: torch.Tensor, delta_scale: torch.Tensor | None, robust: bool) -> torch.Tensor:
+    if delta_scale is None:
+        return (pred - target) ** 2
+    if robust:
+        return F.smooth_l1_loss(pred / delta_scale, target / delta_scale, reduction="none")
+    return ((pred - target) / delta_scale) ** 2
+
+
+def position_loss(
+    outputs: dict[str, torch.Tensor],
+    batch,
+    layout: HeadLayout,
+    delta_scale: torch.Tensor | None = None,
+    robust: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The x/y error alone: the applied position deltas (after any change gate) against the
+    real ones, measured like ``compute_loss`` measures every delta."""
+    slots = cached_tensor(tuple(layout.position_slots), batch.float_tgt.device)
+    pred = outputs["continuous_delta"].float().index_select(1, slots)
+    target = true_delta(batch, layout).index_select(1, slots)
+    scale = delta_scale.index_select(0, slots) if delta_scale is not None else None
+    loss = _delta_error(pred, target, scale, robust).mean()
+    return loss, {"position": loss.detach()}
+
+
 def compute_loss(
     outputs: dict[str, torch.Tensor],
     batch,
@@ -68,12 +93,7 @@ def compute_loss(
     target = true_delta(batch, layout)
     gated = "continuous_change_logits" in outputs
     pred = outputs["continuous_delta_raw" if gated else "continuous_delta"].float()
-    if delta_scale is None:
-        error = (pred - target) ** 2
-    elif robust:
-        error = F.smooth_l1_loss(pred / delta_scale, target / delta_scale, reduction="none")
-    else:
-        error = ((pred - target) / delta_scale) ** 2
+    error = _delta_error(pred, target, delta_scale, robust)
     column_weights = cached_tensor(tuple(_continuous_weights(layout, weights)), error.device)
     if gated:
         # The magnitude is learned where the field changes; the gate learns whether it does.

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import FrameData, make_batches, preflight
 from meleewm_core.encoding import EncodingSpec, HeadLayout, head_layout
-from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table
+from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
 
 CHECKPOINT_FORMAT = 1
@@ -203,31 +203,52 @@ def _default_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_scale)
     return lambda outputs, batch: compute_loss(outputs, batch, layout, weights, delta_scale, robust)
 
 
-def rollout_loss(forward, batch, loss_fn: LossFn, layout: HeadLayout, device: torch.device, bf16: bool):
+def _later_steps_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_scale) -> LossFn | None:
+    """What ``rollout_loss`` scores after the first step: None for every head (``rollout_loss:
+    all``), else the x/y error alone."""
+    if experiment.train.rollout_loss == "all":
+        return None
+    robust = experiment.train.continuous_loss == "huber_normalized"
+    return lambda outputs, batch: position_loss(outputs, batch, layout, delta_scale, robust)
+
+
+def rollout_loss(forward, batch, loss_fn: LossFn, layout: HeadLayout, device: torch.device, bf16: bool,
+                 later_loss: LossFn | None = None):
     """The loss of ``batch.horizon`` successive predictions, each made from the context the
     previous ones built (real controllers, predicted state), and the first step's outputs.
 
     Step 0 is the one-step loss; each further step scores the model against the real frame from
     wherever its own rollout has got to, so drift is paid for and gradients flow back through the
-    predicted continuous fields to the steps that caused it. The loss is the mean over steps.
+    predicted continuous fields to the steps that caused it. Without ``later_loss`` the loss is the
+    mean of ``loss_fn`` over the steps; with it, step 0's ``loss_fn`` plus the mean of
+    ``later_loss`` over the later steps (reported as ``rollout_<part>``).
     """
     float_ctx, int_ctx = batch.float_ctx, batch.int_ctx
-    total, parts, first = 0.0, {}, None
-    for j in range(batch.horizon):
+    steps = batch.horizon
+    total, later, parts, later_parts, first = 0.0, 0.0, {}, {}, None
+    for j in range(steps):
         step = batch.step(j, float_ctx, int_ctx)
         with _autocast(device, bf16):
             outputs = forward(step.float_ctx, step.int_ctx, step.next_ctrl)
-        loss, step_parts = loss_fn(outputs, step)
-        total = total + loss
-        parts = {k: parts.get(k, 0.0) + v for k, v in step_parts.items()}
+        if j == 0 or later_loss is None:
+            loss, step_parts = loss_fn(outputs, step)
+            total = total + loss
+            parts = {k: parts.get(k, 0.0) + v for k, v in step_parts.items()}
+        else:
+            loss, step_parts = later_loss(outputs, step)
+            later = later + loss
+            later_parts = {k: later_parts.get(k, 0.0) + v for k, v in step_parts.items()}
         if j == 0:
             first = outputs
-        if j + 1 < batch.horizon:
+        if j + 1 < steps:
             floats, ints = predicted_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], step.next_ctrl, layout)
             float_ctx = torch.cat([float_ctx[:, 1:], floats[:, None].to(float_ctx.dtype)], dim=1)
             int_ctx = torch.cat([int_ctx[:, 1:], ints[:, None]], dim=1)
-    steps = batch.horizon
-    return first, total / steps, {k: v / steps for k, v in parts.items()}
+    if later_loss is None:
+        return first, total / steps, {k: v / steps for k, v in parts.items()}
+    if steps == 1:
+        return first, total, parts
+    return first, total + later / (steps - 1), {**parts, **{f"rollout_{k}": v / (steps - 1) for k, v in later_parts.items()}}
 
 
 @torch.no_grad()
@@ -268,6 +289,7 @@ def fit(
     spec = EncodingSpec(experiment.encoding)
     layout = head_layout(spec, experiment.model.heads)
     context_len = experiment.model.context_len
+    later_loss = _later_steps_loss(layout, experiment, delta_scale) if loss_fn is None else None
     loss_fn = loss_fn or _default_loss(layout, experiment, delta_scale)
     new_metrics = make_metrics or (lambda: MetricAccumulator(layout))
     if optimizer is None:
@@ -297,7 +319,7 @@ def fit(
             lr = learning_rate(step, total_steps or step + 1, cfg.lr, cfg.warmup_steps, cfg.min_lr_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            outputs, loss, parts = rollout_loss(forward, batch, loss_fn, layout, device, bf16)
+            outputs, loss, parts = rollout_loss(forward, batch, loss_fn, layout, device, bf16, later_loss)
             recent.append((batch_index, batch, loss.detach()))
             if len(recent) == check_every or device.type != "cuda":
                 _check_finite(recent, epoch, spec)
@@ -434,6 +456,24 @@ def typical_deltas(data: FrameData, layout: HeadLayout, kind: str, max_rows: int
     return torch.tensor(np.maximum(scale, 1e-4), dtype=torch.float32)
 
 
+def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of every float column over the training games."""
+    total = squares = None
+    rows = 0
+    for game in data.games:
+        if game.split != "train" or rows >= max_rows:
+            continue
+        floats = np.asarray(data.shards[game.shard][0][game.offset : game.offset + game.num_frames], dtype=np.float64)
+        total = floats.sum(0) if total is None else total + floats.sum(0)
+        squares = (floats**2).sum(0) if squares is None else squares + (floats**2).sum(0)
+        rows += game.num_frames
+    if total is None:
+        return torch.zeros(data.spec.float_per_frame), torch.ones(data.spec.float_per_frame)
+    mean = total / rows
+    std = np.sqrt(np.maximum(squares / rows - mean**2, 0.0))
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
 def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """How often each binary and each predicted categorical repeats from one frame to the next in
     the training games."""
@@ -515,6 +555,10 @@ def train_run(
     else:
         if experiment.model.persistence_prior and hasattr(model, "calibrate_persistence"):
             model.calibrate_persistence(*(rate.to(device) for rate in persistence_rates(data, layout)))
+        if experiment.model.normalized_dynamics and hasattr(model, "calibrate_dynamics"):
+            mean, spread = float_statistics(data)
+            model.calibrate_dynamics(mean.to(device), spread.to(device),
+                                     typical_deltas(data, layout, "huber_normalized").to(device))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

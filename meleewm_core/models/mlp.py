@@ -16,6 +16,11 @@ from meleewm_core.config import EncodingConfig, ModelConfig
 from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, head_layout
 from meleewm_core.models import layers
 
+# ``normalized_dynamics``: a column that barely varies in training divides by at least this, and
+# no standardised input or normalised change leaves +-INPUT_CLIP.
+STD_FLOOR = 1e-2
+INPUT_CLIP = 20.0
+
 
 class FrameStackMLP(nn.Module):
     def __init__(self, encoding: EncodingConfig, model: ModelConfig):
@@ -33,7 +38,16 @@ class FrameStackMLP(nn.Module):
             cols = [spec.int_col(p, name) for p in range(NUM_PLAYERS)]
             self.register_buffer(f"cols_{name}", torch.tensor(cols), persistent=False)
 
+        num_deltas = len(self.layout.continuous_cols)
         input_dim = spec.model_input_dim(model.context_len)
+        self.normalized_dynamics = model.normalized_dynamics
+        if model.normalized_dynamics:
+            input_dim += (model.context_len - 1) * num_deltas
+            # Identity until ``calibrate_dynamics`` measures the training data; saved with the weights.
+            self.register_buffer("float_mean", torch.zeros(spec.float_per_frame))
+            self.register_buffer("float_std", torch.ones(spec.float_per_frame))
+            self.register_buffer("delta_scale", torch.ones(num_deltas))
+            self.register_buffer("delta_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
         self.trunk = nn.Sequential(
             nn.Linear(input_dim, model.hidden_dim),
             nn.ReLU(),
@@ -42,7 +56,6 @@ class FrameStackMLP(nn.Module):
             nn.ReLU(),
             layers.Dropout(model.dropout),
         )
-        num_deltas = len(self.layout.continuous_cols)
         self.head_sizes = {
             "continuous_delta": num_deltas,
             "binary_logits": len(self.layout.binary_cols),
@@ -57,10 +70,10 @@ class FrameStackMLP(nn.Module):
         if model.motion_prior:
             if model.context_len < 2:
                 raise ValueError("model.motion_prior needs model.context_len >= 2 (a displacement needs two frames)")
-            moving = [(i, col) for i, col in enumerate(self.layout.continuous_cols)
-                      if spec.float_names[col].split(".")[1] in ("x", "y")]
-            self.register_buffer("motion_slots", torch.tensor([i for i, _ in moving]), persistent=False)
-            self.register_buffer("motion_cols", torch.tensor([c for _, c in moving]), persistent=False)
+            slots = self.layout.position_slots
+            self.register_buffer("motion_slots", torch.tensor(slots), persistent=False)
+            self.register_buffer("motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]),
+                                 persistent=False)
 
         self.persistence_prior = model.persistence_prior
         if model.persistence_prior:
@@ -92,6 +105,25 @@ class FrameStackMLP(nn.Module):
         prior = torch.log(q / (1 - q) * (vocabs - 1)).clamp(min=0.0)
         self.categorical_prior.copy_(torch.where(categorical_rates >= min_rate, prior, 0.0))
 
+    @torch.no_grad()
+    def calibrate_dynamics(self, float_mean: torch.Tensor, float_std: torch.Tensor, delta_scale: torch.Tensor) -> None:
+        """Set the input standardisation and the delta units (``normalized_dynamics``) from the
+        training data: per float column its mean and standard deviation, per predicted continuous
+        field its typical frame-to-frame change."""
+        self.float_mean.copy_(float_mean)
+        self.float_std.copy_(float_std.clamp(min=STD_FLOOR))
+        self.delta_scale.copy_(delta_scale)
+
+    def dynamics_inputs(self, float_ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standardised float rows, and each context step's change of the predicted continuous
+        fields in units of their typical change, flattened (B, (K-1)*D); both clipped so a respawn's
+        jump across the stage or a value never seen in training stays a bounded input."""
+        floats = float_ctx.float()
+        standard = ((floats - self.float_mean) / self.float_std).clamp(-INPUT_CLIP, INPUT_CLIP)
+        tracked = floats.index_select(2, self.delta_cols)
+        changes = ((tracked[:, 1:] - tracked[:, :-1]) / self.delta_scale).clamp(-INPUT_CLIP, INPUT_CLIP)
+        return standard, changes.flatten(1)
+
     def embed_frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
         """(B, K, float_per_frame) + (B, K, int_per_frame) -> (B, K, frame_embed_dim)."""
         batch, frames, _ = int_ctx.shape
@@ -104,10 +136,17 @@ class FrameStackMLP(nn.Module):
         return torch.cat([float_ctx.to(players.dtype), players, stage], dim=-1)
 
     def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, next_ctrl: torch.Tensor) -> dict[str, torch.Tensor]:
-        frames = self.embed_frames(float_ctx, int_ctx)
-        x = torch.cat([frames.flatten(1), next_ctrl.to(frames.dtype)], dim=1)
+        if self.normalized_dynamics:
+            standard, changes = self.dynamics_inputs(float_ctx)
+            frames = self.embed_frames(standard, int_ctx)
+            x = torch.cat([frames.flatten(1), changes.to(frames.dtype), next_ctrl.to(frames.dtype)], dim=1)
+        else:
+            frames = self.embed_frames(float_ctx, int_ctx)
+            x = torch.cat([frames.flatten(1), next_ctrl.to(frames.dtype)], dim=1)
         out = self.heads(self.trunk(x))
         outputs = dict(zip(self.head_sizes, out.split(list(self.head_sizes.values()), dim=1), strict=True))
+        if self.normalized_dynamics:
+            outputs["continuous_delta"] = outputs["continuous_delta"].float() * self.delta_scale
         if self.persistence_prior:
             last_binary = float_ctx[:, -1].index_select(1, self.binary_cols).to(out.dtype)
             outputs["binary_logits"] = outputs["binary_logits"] + self.binary_prior * (2 * last_binary - 1)

@@ -152,3 +152,43 @@ def test_untrained_motion_prior_moves_like_constant_velocity_and_gates_never_sto
 
     with pytest.raises(ValueError, match="context_len >= 2"):
         build_model(encoding, ModelConfig(motion_prior=True, context_len=1))
+
+
+def test_normalized_dynamics_standardises_inputs_and_scales_deltas_and_its_units_travel_with_the_weights():
+    encoding = EncodingConfig(state_age_as_embed=True, press_events=True, action_age_as_embed=True)
+    config = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True,
+                         normalized_dynamics=True)
+    model = build_model(encoding, config).eval()
+    plain = build_model(encoding, config.model_copy(update={"normalized_dynamics": False}))
+    num_deltas = len(model.layout.continuous_cols)
+    # The only new weights: the first layer's columns for (K-1) steps of each predicted field's change.
+    assert count_parameters(model) - count_parameters(plain) == 9 * num_deltas * config.hidden_dim == 1_767_968 - 1_657_376
+
+    spec = EncodingSpec(encoding)
+    mean, std = torch.rand(spec.float_per_frame) * 10, torch.rand(spec.float_per_frame) * 5
+    std[0] = 0.0
+    scale = torch.rand(num_deltas) + 0.1
+    model.calibrate_dynamics(mean, std, scale)
+    float_ctx = torch.rand(3, 10, spec.float_per_frame) * 20
+    float_ctx[0, -1, 1] = 1e9
+    standard, changes = model.dynamics_inputs(float_ctx)
+    expected = (float_ctx[1:] - mean) / std.clamp(min=1e-2)
+    torch.testing.assert_close(standard[1:], expected.clamp(-20, 20))
+    assert standard[0, -1, 1] == 20 and standard[:, :, 0].abs().max() <= 20
+    tracked = float_ctx[:, :, model.layout.continuous_cols]
+    torch.testing.assert_close(changes.view(3, 9, num_deltas), ((tracked[:, 1:] - tracked[:, :-1]) / scale).clamp(-20, 20))
+
+    # The heads answer in typical-change units: a bias of 1 on a (gate-closed) field moves it by its scale.
+    ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
+    ctrl = torch.rand(3, spec.ctrl_conditioning_dim)
+    with torch.no_grad():
+        model.heads.weight[:num_deltas] = 0.0
+        model.heads.bias[:num_deltas] = 1.0
+    raw = model(float_ctx, ints, ctrl)["continuous_delta_raw"]
+    percent = model.layout.continuous_cols.index(spec.float_col(0, "percent"))
+    torch.testing.assert_close(raw[:, percent], scale[percent].expand(3))
+
+    reloaded = build_model(encoding, config).eval()
+    reloaded.load_state_dict(model.state_dict())
+    assert torch.equal(reloaded.float_std, std.clamp(min=1e-2)) and torch.equal(reloaded.delta_scale, scale)
+    torch.testing.assert_close(reloaded(float_ctx, ints, ctrl)["continuous_delta"], model(float_ctx, ints, ctrl)["continuous_delta"])

@@ -184,3 +184,46 @@ def test_train_command_takes_dotted_overrides_and_names_a_bad_one(root, capsys):
     assert "rollout_step" in capsys.readouterr().err
     assert main([*common, "--set", "train.rollout_steps"]) == 1
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dynamics_calibrate_from_training(root):
+    from meleewm_core.data import make_batches
+    from meleewm_core.encoding import head_layout
+    from meleewm_core.metrics import position_loss
+    from meleewm_core.train import (
+        _default_loss,
+        ensure_shards,
+        float_statistics,
+        rollout_loss,
+        typical_deltas,
+    )
+
+    model_cfg = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True,
+                            normalized_dynamics=True)
+    exp = experiment("normalized", model=model_cfg,
+                     train=QUICK.model_copy(update={"rollout_steps": 3, "rollout_loss": "position"}))
+    spec = EncodingSpec(exp.encoding)
+    layout = head_layout(spec, "full_state")
+    data = FrameData.from_shards(ensure_shards(exp, root, progress=False), spec, train_percent=50)
+    batch = next(iter(make_batches(data, "train", mode="memory", batch_size=32, context_len=10, device="cpu",
+                                   shuffle=False, horizon=3)))
+    model = build_model(exp.encoding, model_cfg).eval()
+    scale = typical_deltas(data, layout, "huber_normalized")
+    loss_fn = _default_loss(layout, exp, scale)
+    later = lambda outputs, step: position_loss(outputs, step, layout, scale, robust=True)  # noqa: E731
+    first, loss, parts = rollout_loss(model, batch, loss_fn, layout, torch.device("cpu"), False, later)
+    one_step, _ = loss_fn(first, batch)
+    assert set(parts) > {"rollout_position"} and "rollout_action" not in parts
+    # The later steps add their mean x/y error to the whole first-step loss, and reach the first step.
+    later_steps = loss - one_step
+    assert later_steps > 0 and torch.isclose(later_steps, parts["rollout_position"], rtol=1e-3, atol=1e-6)
+    grad = torch.autograd.grad(later_steps, first["continuous_delta"])[0]
+    assert grad[:, layout.position_slots].abs().sum() > 0
+
+    result = train_run(exp, root, progress=False)
+    assert "loss/rollout_position" in result.manifest["all_epochs"][-1]["train"] and math.isfinite(result.metrics["loss"])
+    loaded = load_checkpoint(result.best_checkpoint)
+    mean, std = float_statistics(data)
+    x = spec.float_col(0, "x")
+    assert std[x] > 1 and torch.allclose(loaded.model.float_mean, mean) and torch.allclose(loaded.model.float_std, std.clamp(min=1e-2))
+    assert loaded.model.delta_scale.min() > 0 and not torch.equal(loaded.model.delta_scale, torch.ones_like(loaded.model.delta_scale))
