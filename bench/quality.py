@@ -4,7 +4,7 @@
 
 Parses every replay under ``--replays`` (default ``$MELEEWM_TEST_REPLAYS`` or ../shared/replays)
 into ``--data`` unless a manifest is already there, trains ``baseline-v22``, ``exp-3a-full-state``,
-``exp-6a-motion-prior`` and ``policy-v22`` for ``--epochs`` epochs each (the reference's figures are after 3), runs
+``exp-6a-motion-prior``, ``exp-7c-motion-gate`` and ``policy-v22`` for ``--epochs`` epochs each (the reference's figures are after 3), runs
 ``evaluate_run`` on each (``--steps`` rollout frames from ``--starts`` starts) and prints one row per
 target: the figure, its baseline, the target and whether it is met. The JSON holds every report.
 ``--reuse`` evaluates the newest finished runs again without training.
@@ -101,7 +101,7 @@ def main() -> int:
     overrides = {"train.epochs": args.epochs, "train.wandb": False, "train.device": args.device}
     rows, reports, timings = [], {}, {}
     for config, kind in (("baseline-v22", "world"), ("exp-3a-full-state", "world"), ("exp-6a-motion-prior", "world"),
-                         ("policy-v22", "policy")):
+                         ("exp-7c-motion-gate", "world"), ("policy-v22", "policy")):
         experiment = load_experiment(REPO / "experiments" / f"{config}.yaml", overrides)
         started = time.perf_counter()
         run_dir = newest_finished_run(root, config, args.epochs) if args.reuse else None

@@ -1,6 +1,9 @@
 """Train experiment variants and score each one step ahead and in 60-frame rollouts, in one call.
 
-    python bench/sweep.py ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
+    python bench/sweep.py [--out FILE] [--budget-s S] ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
+
+(the options go first: everything after ROOT belongs to the jobs). One job per GPU on a machine
+with several: ``CUDA_VISIBLE_DEVICES=i python bench/sweep.py --out gi.json ... &`` for each i.
 
 ROOT is a data root (parsed games + manifest, or just the shard folder on a GPU box without
 polars: ``train.ensure_shards`` then uses the folder as it is); CONFIG an experiment file; each
@@ -56,7 +59,7 @@ def run_job(root_path: str, config: str, sets: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("jobs", nargs=argparse.REMAINDER, help="ROOT CONFIG [KEY=VALUE ...], jobs separated by --")
+    parser.add_argument("jobs", nargs=argparse.REMAINDER, help="ROOT CONFIG [KEY=VALUE ...], jobs separated by --; after the options")
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--out")
     args = parser.parse_args()

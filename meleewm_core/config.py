@@ -109,14 +109,26 @@ class ModelConfig(StrictModel):
     # and binary values add a learned bonus to their logits, and the delta head starts at zero.
     # Repeating the last frame is right on ~93% of frames; the reference had to learn that.
     persistence_prior: bool = False
+    # With persistence_prior: each categorical that the prior calibrates (repeats on >= 99% of
+    # training frames: character, ground, l_cancel, hurtbox, last attack) becomes a mixture, "keep
+    # the last value" with probability 1 - g, the trunk's distribution with probability g, where g
+    # is a learned "does it change?" gate. The additive prior can be outvoted by a trunk that grew
+    # confident on the training games (exp-7c on a validation game with a character seen in one
+    # training game: character accuracy 0.894); a gate that never saw a character change stays shut.
+    categorical_gate: bool = False
     # Per continuous field a "does it change?" logit; the delta is applied only where it says yes
     # and is trained on changing frames only. Sparse fields (damage, shield) then stay exactly
     # unchanged on the frames where nothing happens, instead of drifting by a regression's mean.
     delta_gate: bool = False
     # x and y deltas start from the last frame-to-frame displacement (constant velocity, which
     # beats persistence 2.5x one frame ahead) and the heads learn the departures from it; the
-    # change gate never closes on them. Needs context_len >= 2.
+    # change gate never closes on them (unless motion_gate). Needs context_len >= 2.
     motion_prior: bool = False
+    # With motion_prior and delta_gate: the change gate also decides whether x and y move, so a
+    # standing or grounded character keeps its position (or height) exactly instead of drifting
+    # by the heads' small departures, which add up over a rollout (exp-7b: 6.5 units of y error
+    # after 60 frames on windows where the real y never changed).
+    motion_gate: bool = False
     # Inputs and delta outputs in units the optimizer can move: each float input standardised by
     # its training mean and spread, each context step's change of every predicted continuous field
     # added as an input, and the deltas predicted in units of that field's typical change (all

@@ -10,6 +10,7 @@ parameters as one Linear per head, fewer kernel launches). 1,304,182 parameters 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
@@ -64,12 +65,22 @@ class FrameStackMLP(nn.Module):
         self.delta_gate = model.delta_gate
         if model.delta_gate:
             self.head_sizes["continuous_change_logits"] = num_deltas
+        self.categorical_gate = model.categorical_gate
+        if model.categorical_gate:
+            if not model.persistence_prior:
+                raise ValueError("model.categorical_gate needs model.persistence_prior (its calibration picks the gated fields)")
+            self.head_sizes["categorical_change_logits"] = len(self.layout.logit_heads)
+            # Which heads are mixtures: set by ``calibrate_persistence``, saved with the weights.
+            self.register_buffer("gated_categoricals", torch.zeros(len(self.layout.logit_heads), dtype=torch.bool))
         self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
 
         self.motion_prior = model.motion_prior
+        self.motion_gate = model.motion_gate
         if model.motion_prior:
             if model.context_len < 2:
                 raise ValueError("model.motion_prior needs model.context_len >= 2 (a displacement needs two frames)")
+            if model.motion_gate and not model.delta_gate:
+                raise ValueError("model.motion_gate needs model.delta_gate (the gate it lets close on x and y)")
             slots = self.layout.position_slots
             self.register_buffer("motion_slots", torch.tensor(slots), persistent=False)
             self.register_buffer("motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]),
@@ -103,7 +114,23 @@ class FrameStackMLP(nn.Module):
                               device=categorical_rates.device)
         q = torch.maximum(categorical_rates, 1 / vocabs).clamp(max=0.9999)
         prior = torch.log(q / (1 - q) * (vocabs - 1)).clamp(min=0.0)
-        self.categorical_prior.copy_(torch.where(categorical_rates >= min_rate, prior, 0.0))
+        sticky = categorical_rates >= min_rate
+        if self.categorical_gate:
+            # The gate starts at the measured change rate and the mixture replaces the bonus.
+            self.gated_categoricals.copy_(sticky)
+            gates = self._head_slice("categorical_change_logits")
+            self.heads.weight[gates].zero_()
+            self.heads.bias[gates] = torch.log((1 - q) / q)
+            prior = torch.zeros_like(prior)
+        self.categorical_prior.copy_(torch.where(sticky, prior, 0.0))
+
+    def _head_slice(self, key: str) -> slice:
+        start = 0
+        for name, size in self.head_sizes.items():
+            if name == key:
+                return slice(start, start + size)
+            start += size
+        raise KeyError(key)
 
     @torch.no_grad()
     def calibrate_dynamics(self, float_mean: torch.Tensor, float_std: torch.Tensor, delta_scale: torch.Tensor) -> None:
@@ -154,6 +181,9 @@ class FrameStackMLP(nn.Module):
                 last = int_ctx[:, -1, self.spec.int_col(player, name)]
                 bonus = self.categorical_prior[i].to(out.dtype).expand(len(last), 1)
                 outputs[key] = outputs[key].scatter_add(1, last[:, None], bonus)
+                if self.categorical_gate:
+                    mixture = keep_or_change(outputs[key], outputs["categorical_change_logits"][:, i], last)
+                    outputs[key] = torch.where(self.gated_categoricals[i], mixture, outputs[key].float())
         if self.motion_prior:
             # In float32: a bf16 sum would round the displacement to 3 significant digits.
             moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
@@ -162,7 +192,16 @@ class FrameStackMLP(nn.Module):
             # The raw delta is what the loss trains; the gated one is the prediction.
             outputs["continuous_delta_raw"] = outputs["continuous_delta"]
             changes = outputs["continuous_change_logits"] > 0
-            if self.motion_prior:
+            if self.motion_prior and not self.motion_gate:
                 changes = changes.index_fill(1, self.motion_slots, True)
             outputs["continuous_delta"] = outputs["continuous_delta"] * changes
         return outputs
+
+
+def keep_or_change(logits: torch.Tensor, change_logit: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of "keep ``last`` with probability 1 - g, else draw from softmax(logits)",
+    g = sigmoid(change_logit): (B, V) logits, (B,) change logits and last values -> (B, V)."""
+    drawn = F.logsigmoid(change_logit.float())[:, None] + F.log_softmax(logits.float(), dim=1)
+    kept = torch.logaddexp(F.logsigmoid(-change_logit.float()), drawn.gather(1, last[:, None]).squeeze(1))
+    return drawn.scatter(1, last[:, None], kept[:, None])
+

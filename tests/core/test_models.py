@@ -192,3 +192,68 @@ def test_normalized_dynamics_standardises_inputs_and_scales_deltas_and_its_units
     reloaded.load_state_dict(model.state_dict())
     assert torch.equal(reloaded.float_std, std.clamp(min=1e-2)) and torch.equal(reloaded.delta_scale, scale)
     torch.testing.assert_close(reloaded(float_ctx, ints, ctrl)["continuous_delta"], model(float_ctx, ints, ctrl)["continuous_delta"])
+
+
+def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_would_move_it():
+    encoding = EncodingConfig()
+    spec = EncodingSpec(encoding)
+    config = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True)
+    always_open = build_model(encoding, config).eval()
+    gated = build_model(encoding, config.model_copy(update={"motion_gate": True})).eval()
+    gated.load_state_dict(always_open.state_dict())
+    layout = gated.layout
+    slots = layout.position_slots
+    with torch.no_grad():
+        gated.heads.weight[-len(layout.continuous_cols):] = 0.0
+        gate_bias = gated.heads.bias[-len(layout.continuous_cols):]
+        gate_bias[:] = -5.0
+        gate_bias[slots[0]] = 5.0  # player 0's x is said to move, every other field to stay
+    float_ctx = torch.rand(4, 10, spec.float_per_frame)
+    ints = torch.zeros(4, 10, spec.int_per_frame, dtype=torch.long)
+    ctrl = torch.rand(4, spec.ctrl_conditioning_dim)
+    moved = float_ctx[:, -1, layout.continuous_cols] - float_ctx[:, -2, layout.continuous_cols]
+    held = gated(float_ctx, ints, ctrl)["continuous_delta"]
+    torch.testing.assert_close(held[:, slots[0]], moved[:, slots[0]])
+    assert torch.equal(held[:, slots[1:]], torch.zeros(4, len(slots) - 1))
+    torch.testing.assert_close(always_open(float_ctx, ints, ctrl)["continuous_delta"][:, slots], moved[:, slots])
+
+    with pytest.raises(ValueError, match="motion_gate needs model.delta_gate"):
+        build_model(encoding, ModelConfig(motion_prior=True, motion_gate=True))
+
+
+def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
+    encoding = EncodingConfig()
+    spec = EncodingSpec(encoding)
+    config = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True)
+    models = {gate: build_model(encoding, config.model_copy(update={"categorical_gate": gate})).eval() for gate in (False, True)}
+    shared = models[True].state_dict()
+    rows = models[False].heads.bias.shape[0]
+    shared["heads.weight"], shared["heads.bias"] = shared["heads.weight"][:rows], shared["heads.bias"][:rows]
+    del shared["gated_categoricals"]
+    models[False].load_state_dict(shared)
+    heads = models[True].layout.logit_heads
+    rates = torch.tensor([1.0 if name == "character" else 0.9 for _, _, name, _ in heads])
+    binary_rates = torch.full((len(models[True].layout.binary_cols),), 0.995)
+    float_ctx = torch.rand(3, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 3, (3, 10, spec.int_per_frame))
+    int_ctx[:, -1, spec.int_col(0, "character")] = 2
+    ctrl = torch.rand(3, spec.ctrl_conditioning_dim)
+    predicted = {}
+    for gate, model in models.items():
+        model.calibrate_persistence(binary_rates, rates)
+        with torch.no_grad():
+            # A trunk sure that player 0 is character 5 (what training on a few games teaches).
+            offset = model._head_slice("p0_character_logits").start
+            model.heads.bias[offset + 5] = 40.0
+        outputs = model(float_ctx, int_ctx, ctrl)
+        predicted[gate] = outputs["p0_character_logits"].argmax(1)
+        if gate:
+            torch.testing.assert_close(outputs["p0_character_logits"].logsumexp(1), torch.zeros(3), atol=1e-5, rtol=0)
+            assert models[True].gated_categoricals.tolist() == [name == "character" for _, _, name, _ in heads]
+            # Fields the calibration left ungated (action changes on 10% of frames) keep plain logits.
+            plain = models[False](float_ctx, int_ctx, ctrl)["p0_action_logits"]
+            torch.testing.assert_close(outputs["p0_action_logits"].float(), plain.float())
+    assert predicted[False].tolist() == [5, 5, 5] and predicted[True].tolist() == [2, 2, 2]
+
+    with pytest.raises(ValueError, match="categorical_gate needs model.persistence_prior"):
+        build_model(encoding, ModelConfig(heads="full_state", categorical_gate=True))

@@ -1,0 +1,73 @@
+"""Where a run's rollout position error comes from after N frames: still against moving players.
+
+    python bench/rollout_breakdown.py RUN_DIR --data /tmp/benchroot [--steps 60] [--starts 128]
+
+Rolls the run's best checkpoint out from the same starts as ``meleewm eval`` and splits the x/y
+error at the last step by what the real player did over the window: on the ground or in the air
+at the end, height never changed, on the ground throughout. Each line gives the model's error
+beside persistence's on the same player-windows (game units), so a model that drifts while the
+real character stands still shows up at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from meleewm_core.eval import choose_starts, load_run, model_predictor, open_val_data, rollout, val_arrays  # noqa: E402
+from meleewm_core.store import DataRoot  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--data", help="data root holding the run's shards (default $MELEEWM_DATA)")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--starts", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    run = load_run(args.run_dir, args.device)
+    data = open_val_data(run, DataRoot.from_env(args.data))
+    spec, context_len = run.layout.spec, run.experiment.model.context_len
+    trace = rollout(model_predictor(run.model), data, run.layout, context_len, steps=args.steps, starts=args.starts,
+                    device=run.device)
+    floats, ints, games = val_arrays(data)
+    rows = np.array([row for _, row in choose_starts(ints, games, spec, context_len, args.steps, args.starts)])
+    last = args.steps - 1
+
+    def encoded(name: str, step: int) -> np.ndarray:
+        """(starts, players): the real encoded value at rollout step ``step`` (-1: last context frame)."""
+        return np.stack([floats[rows + step][:, spec.float_col(p, name)] for p in range(2)], 1)
+
+    start_xy = np.stack([encoded(axis, -1) / spec.scale(axis) for axis in "xy"], -1)
+    real, model = trace.true_xy[:, last], trace.model_xy[:, last]
+    grounded = np.stack([encoded("on_ground", s) > 0.5 for s in range(args.steps)], 1)
+    scored = trace.valid[:, last][:, None]
+    groups = {
+        "all": np.ones_like(grounded[:, 0]),
+        "on the ground at the end": grounded[:, -1],
+        "in the air at the end": ~grounded[:, -1],
+        "height never changed": np.abs(real[..., 1] - start_xy[..., 1]) < 0.01,
+        "on the ground throughout": grounded.all(1),
+    }
+    result = {}
+    for name, mask in groups.items():
+        mask = mask & scored
+        errors = {axis: {"model": float(np.abs(model[..., i] - real[..., i])[mask].mean()),
+                         "persistence": float(np.abs(start_xy[..., i] - real[..., i])[mask].mean())}
+                  for i, axis in enumerate("xy")}
+        result[name] = {"player_windows": int(mask.sum()), **errors}
+        print(f"{name:<26}{int(mask.sum()):>5} windows   x {errors['x']['model']:6.2f} (persistence "
+              f"{errors['x']['persistence']:6.2f})   y {errors['y']['model']:6.2f} (persistence {errors['y']['persistence']:6.2f})")
+    print(json.dumps({"steps": args.steps, "groups": result}))
+
+
+if __name__ == "__main__":
+    main()
