@@ -42,16 +42,12 @@ class Batch(NamedTuple):
     ahead_ctrl: torch.Tensor | None = None
     ahead_float: torch.Tensor | None = None
     ahead_int: torch.Tensor | None = None
-    # In a rollout step the context is predicted; this is the real frame before the target.
-    real_last: torch.Tensor | None = None
 
     def step(self, j: int, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> Batch:
         """The one-step batch predicting the ``j``-th frame (0 = the target) from the given context."""
         if j == 0:
             return Batch(float_ctx, int_ctx, self.next_ctrl, self.float_tgt, self.int_tgt)
-        real_last = self.float_tgt if j == 1 else self.ahead_float[:, j - 2]
-        return Batch(float_ctx, int_ctx, self.ahead_ctrl[:, j - 1], self.ahead_float[:, j - 1], self.ahead_int[:, j - 1],
-                     real_last=real_last)
+        return Batch(float_ctx, int_ctx, self.ahead_ctrl[:, j - 1], self.ahead_float[:, j - 1], self.ahead_int[:, j - 1])
 
     @property
     def horizon(self) -> int:

@@ -65,27 +65,15 @@ def position_loss(
     layout: HeadLayout,
     delta_scale: torch.Tensor | None = None,
     robust: bool = False,
-    gate_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The x/y error alone: the applied position deltas (after any change gate) against the
-    real ones, measured like ``compute_loss`` measures every delta.
-
-    With ``gate_weight`` and a rollout step (``batch.real_last``), the x/y change gate is also
-    trained there, on whether the real character moved: a drifted context must still say "stands
-    still" when it does, or the gate learns to stay open in every rollout."""
+    real ones, measured like ``compute_loss`` measures every delta."""
     slots = cached_tensor(tuple(layout.position_slots), batch.float_tgt.device)
     pred = outputs["continuous_delta"].float().index_select(1, slots)
     target = true_delta(batch, layout).index_select(1, slots)
     scale = delta_scale.index_select(0, slots) if delta_scale is not None else None
     loss = _delta_error(pred, target, scale, robust).mean()
-    parts = {"position": loss.detach()}
-    if gate_weight and batch.real_last is not None and "continuous_change_logits" in outputs:
-        cols = cached_tensor(tuple(layout.continuous_cols[i] for i in layout.position_slots), batch.float_tgt.device)
-        moved = ((batch.float_tgt - batch.real_last).index_select(1, cols).abs() > CHANGE_EPSILON).float()
-        gate_loss = F.binary_cross_entropy_with_logits(outputs["continuous_change_logits"].float().index_select(1, slots), moved)
-        parts["position_gate"] = gate_loss.detach()
-        loss = loss + gate_weight * gate_loss
-    return loss, parts
+    return loss, {"position": loss.detach()}
 
 
 def compute_loss(

@@ -205,14 +205,11 @@ def _default_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_scale)
 
 def _later_steps_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_scale) -> LossFn | None:
     """What ``rollout_loss`` scores after the first step: None for every head (``rollout_loss:
-    all``), else the x/y error alone, and with a motion gate the x/y gate on whether the real
-    character moved."""
+    all``), else the x/y error alone."""
     if experiment.train.rollout_loss == "all":
         return None
     robust = experiment.train.continuous_loss == "huber_normalized"
-    # Only a motion gate uses the x/y gate logits, so only then do the later steps train them.
-    gate_weight = experiment.train.loss_weights.change_gate if experiment.model.motion_gate else 0.0
-    return lambda outputs, batch: position_loss(outputs, batch, layout, delta_scale, robust, gate_weight)
+    return lambda outputs, batch: position_loss(outputs, batch, layout, delta_scale, robust)
 
 
 def rollout_loss(forward, batch, loss_fn: LossFn, layout: HeadLayout, device: torch.device, bf16: bool,
