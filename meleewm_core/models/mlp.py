@@ -182,6 +182,7 @@ class FrameStackMLP(nn.Module):
                 bonus = self.categorical_prior[i].to(out.dtype).expand(len(last), 1)
                 outputs[key] = outputs[key].scatter_add(1, last[:, None], bonus)
                 if self.categorical_gate:
+                    # Selected on the device: reading the buffer on the host would sync every step.
                     mixture = keep_or_change(outputs[key], outputs["categorical_change_logits"][:, i], last)
                     outputs[key] = torch.where(self.gated_categoricals[i], mixture, outputs[key].float())
         if self.motion_prior:
