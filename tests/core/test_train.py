@@ -140,18 +140,26 @@ def test_experiment_files_load_and_the_full_state_experiment_trains(root):
     assert loaded.state["delta_scale"] is not None and loaded.experiment.model.delta_gate
 
 
-def test_rollout_training_feeds_predictions_back_with_their_gradient(root):
+def first_rollout_batch(exp: ExperimentConfig, root: DataRoot):
+    """The experiment's layout, its data (half the games in training) and a first 3-frame-deep batch."""
     from meleewm_core.data import make_batches
     from meleewm_core.encoding import head_layout
-    from meleewm_core.train import _default_loss, ensure_shards, rollout_loss
+    from meleewm_core.train import ensure_shards
+
+    spec = EncodingSpec(exp.encoding)
+    data = FrameData.from_shards(ensure_shards(exp, root, progress=False), spec, train_percent=50)
+    batch = next(iter(make_batches(data, "train", mode="memory", batch_size=32, context_len=10, device="cpu",
+                                   shuffle=False, horizon=3)))
+    return head_layout(spec, exp.model.heads), data, batch
+
+
+def test_rollout_training_feeds_predictions_back_with_their_gradient(root):
+    from meleewm_core.train import _default_loss, rollout_loss
 
     model_cfg = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True)
     exp = experiment(model=model_cfg, train=QUICK.model_copy(update={"rollout_steps": 3}))
     spec = EncodingSpec(exp.encoding)
-    layout = head_layout(spec, "full_state")
-    data = FrameData.from_shards(ensure_shards(exp, root, progress=False), spec, train_percent=50)
-    batch = next(iter(make_batches(data, "train", mode="memory", batch_size=32, context_len=10, device="cpu",
-                                   shuffle=False, horizon=3)))
+    layout, _, batch = first_rollout_batch(exp, root)
     model = build_model(exp.encoding, model_cfg).eval()
     loss_fn = _default_loss(layout, exp, None)
     device = torch.device("cpu")
@@ -187,26 +195,15 @@ def test_train_command_takes_dotted_overrides_and_names_a_bad_one(root, capsys):
 
 
 def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dynamics_calibrate_from_training(root):
-    from meleewm_core.data import make_batches
-    from meleewm_core.encoding import head_layout
     from meleewm_core.metrics import position_loss
-    from meleewm_core.train import (
-        _default_loss,
-        ensure_shards,
-        float_statistics,
-        rollout_loss,
-        typical_deltas,
-    )
+    from meleewm_core.train import _default_loss, float_statistics, rollout_loss, typical_deltas
 
     model_cfg = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True,
                             normalized_dynamics=True)
     exp = experiment("normalized", model=model_cfg,
                      train=QUICK.model_copy(update={"rollout_steps": 3, "rollout_loss": "position"}))
     spec = EncodingSpec(exp.encoding)
-    layout = head_layout(spec, "full_state")
-    data = FrameData.from_shards(ensure_shards(exp, root, progress=False), spec, train_percent=50)
-    batch = next(iter(make_batches(data, "train", mode="memory", batch_size=32, context_len=10, device="cpu",
-                                   shuffle=False, horizon=3)))
+    layout, data, batch = first_rollout_batch(exp, root)
     model = build_model(exp.encoding, model_cfg).eval()
     scale = typical_deltas(data, layout, "huber_normalized")
     loss_fn = _default_loss(layout, exp, scale)
