@@ -23,7 +23,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,18 +433,24 @@ def ensure_shards(experiment: ExperimentConfig, root, *, progress: bool = True) 
     return shard_set.path
 
 
+def _training_floats(data: FrameData, max_rows: int, cols: list[int] | None = None) -> Iterator[np.ndarray]:
+    """Each training game's float rows (all columns, or ``cols``) as float64, until about
+    ``max_rows`` rows have been read."""
+    rows = 0
+    for game in data.games:
+        if game.split != "train" or rows >= max_rows:
+            continue
+        floats = data.shards[game.shard][0][game.offset : game.offset + game.num_frames]
+        yield np.asarray(floats if cols is None else floats[:, cols], dtype=np.float64)
+        rows += game.num_frames
+
+
 def typical_deltas(data: FrameData, layout: HeadLayout, kind: str, max_rows: int = 2_000_000) -> torch.Tensor:
     """Typical size of each predicted continuous delta over the training games: the standard
     deviation (``mse_normalized``) or the mean absolute change of frames where it changes
     (``huber_normalized``)."""
     cols = layout.continuous_cols
-    parts, rows = [], 0
-    for game in data.games:
-        if game.split != "train" or rows >= max_rows:
-            continue
-        floats = data.shards[game.shard][0][game.offset : game.offset + game.num_frames, cols]
-        parts.append(np.diff(np.asarray(floats, dtype=np.float64), axis=0))
-        rows += game.num_frames
+    parts = [np.diff(floats, axis=0) for floats in _training_floats(data, max_rows, cols)]
     if not parts:
         return torch.ones(len(cols))
     deltas = np.concatenate(parts)
@@ -460,13 +466,10 @@ def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.
     """Mean and standard deviation of every float column over the training games."""
     total = squares = None
     rows = 0
-    for game in data.games:
-        if game.split != "train" or rows >= max_rows:
-            continue
-        floats = np.asarray(data.shards[game.shard][0][game.offset : game.offset + game.num_frames], dtype=np.float64)
+    for floats in _training_floats(data, max_rows):
         total = floats.sum(0) if total is None else total + floats.sum(0)
         squares = (floats**2).sum(0) if squares is None else squares + (floats**2).sum(0)
-        rows += game.num_frames
+        rows += len(floats)
     if total is None:
         return torch.zeros(data.spec.float_per_frame), torch.ones(data.spec.float_per_frame)
     mean = total / rows
@@ -557,8 +560,8 @@ def train_run(
             model.calibrate_persistence(*(rate.to(device) for rate in persistence_rates(data, layout)))
         if experiment.model.normalized_dynamics and hasattr(model, "calibrate_dynamics"):
             mean, spread = float_statistics(data)
-            model.calibrate_dynamics(mean.to(device), spread.to(device),
-                                     typical_deltas(data, layout, "huber_normalized").to(device))
+            units = std if cfg.continuous_loss == "huber_normalized" else typical_deltas(data, layout, "huber_normalized").to(device)
+            model.calibrate_dynamics(mean.to(device), spread.to(device), units)
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

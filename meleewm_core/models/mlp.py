@@ -70,8 +70,11 @@ class FrameStackMLP(nn.Module):
             if not model.persistence_prior:
                 raise ValueError("model.categorical_gate needs model.persistence_prior (its calibration picks the gated fields)")
             self.head_sizes["categorical_change_logits"] = len(self.layout.logit_heads)
-            # Which heads are mixtures: set by ``calibrate_persistence``, saved with the weights.
+            # Which heads are mixtures: set by ``calibrate_persistence``, saved with the weights, and
+            # mirrored as host-side indices so forward neither syncs nor mixes the other heads.
             self.register_buffer("gated_categoricals", torch.zeros(len(self.layout.logit_heads), dtype=torch.bool))
+            self.mixture_heads: frozenset[int] = frozenset()
+            self.register_load_state_dict_post_hook(lambda module, _keys: module._mirror_gated_categoricals())
         self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
 
         self.motion_prior = model.motion_prior
@@ -118,11 +121,15 @@ class FrameStackMLP(nn.Module):
         if self.categorical_gate:
             # The gate starts at the measured change rate and the mixture replaces the bonus.
             self.gated_categoricals.copy_(sticky)
+            self._mirror_gated_categoricals()
             gates = self._head_slice("categorical_change_logits")
             self.heads.weight[gates].zero_()
             self.heads.bias[gates] = torch.log((1 - q) / q)
             prior = torch.zeros_like(prior)
         self.categorical_prior.copy_(torch.where(sticky, prior, 0.0))
+
+    def _mirror_gated_categoricals(self) -> None:
+        self.mixture_heads = frozenset(torch.nonzero(self.gated_categoricals).flatten().tolist())
 
     def _head_slice(self, key: str) -> slice:
         start = 0
@@ -181,10 +188,8 @@ class FrameStackMLP(nn.Module):
                 last = int_ctx[:, -1, self.spec.int_col(player, name)]
                 bonus = self.categorical_prior[i].to(out.dtype).expand(len(last), 1)
                 outputs[key] = outputs[key].scatter_add(1, last[:, None], bonus)
-                if self.categorical_gate:
-                    # Selected on the device: reading the buffer on the host would sync every step.
-                    mixture = keep_or_change(outputs[key], outputs["categorical_change_logits"][:, i], last)
-                    outputs[key] = torch.where(self.gated_categoricals[i], mixture, outputs[key].float())
+                if self.categorical_gate and i in self.mixture_heads:
+                    outputs[key] = keep_or_change(outputs[key], outputs["categorical_change_logits"][:, i], last)
         if self.motion_prior:
             # In float32: a bf16 sum would round the displacement to 3 significant digits.
             moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
