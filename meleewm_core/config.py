@@ -136,6 +136,15 @@ class ModelConfig(StrictModel):
     # on an input that spans +-10, and an air-speed change 0.003: too small for AdamW at lr 1e-3
     # to find in a few epochs.
     normalized_dynamics: bool = False
+    # The stage's floors and platforms, measured from the training games: per (stage, ground id)
+    # the line y = a + b*x that grounded characters stand on and its x extent (fixed surfaces
+    # only; a moving platform or a clamped ground id fits no line and is left out). The trunk
+    # gets each player's height above the highest surface beneath them, and a player the ground
+    # head puts on a known surface is placed on it (y from the line) instead of at the y head's
+    # guess: landings land at the surface's height and a grounded rollout cannot drift in y
+    # (exp-7b: y barely beat persistence after 60 frames). Needs full_state heads (the ground
+    # head) and delta_gate.
+    stage_surfaces: bool = False
 
 
 class LossWeights(StrictModel):

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import FrameData, make_batches, preflight
-from meleewm_core.encoding import EncodingSpec, HeadLayout, head_layout
+from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, HeadLayout, head_layout
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
 
@@ -477,6 +477,58 @@ def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
+def stage_surfaces(data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50,
+                   tolerance: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The surfaces grounded characters stand on in the training games, per (stage, ground id):
+    the least-squares line y = a + b*x in encoded units (stage_vocab, ground_vocab, 2), its x
+    extent (same shape) and whether it is known: seen on at least ``min_frames`` grounded
+    player-frames, 95% of them within ``tolerance`` game units of the line. A moving platform
+    (Fountain of Dreams' sides) or a clamped out-of-vocabulary ground id fits no line and stays
+    unknown; so does every surface of a replay too old to record ground ids (ground 0 there)."""
+    spec = data.spec
+    shape = (spec.vocab("stage"), spec.vocab("ground"))
+    line, extent, known = np.zeros((*shape, 2)), np.zeros((*shape, 2)), np.zeros(shape, dtype=bool)
+    keys, xs, ys = [], [], []
+    rows = 0
+    for game in data.games:
+        if game.split != "train" or rows >= max_rows:
+            continue
+        floats, ints = (array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard])
+        stage = np.asarray(ints[:, spec.stage_col], dtype=np.int64)
+        for p in range(NUM_PLAYERS):
+            ground = np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64)
+            grounded = (ground > 0) & (np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5)
+            keys.append((stage * shape[1] + ground)[grounded])
+            xs.append(np.asarray(floats[grounded, spec.float_col(p, "x")], dtype=np.float64))
+            ys.append(np.asarray(floats[grounded, spec.float_col(p, "y")], dtype=np.float64))
+        rows += game.num_frames
+    if keys:
+        key, x, y = np.concatenate(keys), np.concatenate(xs), np.concatenate(ys)
+        limit = tolerance * spec.scale("y")
+        for surface in np.unique(key):
+            on = key == surface
+            if on.sum() < min_frames:
+                continue
+            design = np.stack([np.ones(on.sum()), x[on]], axis=1)
+            inliers = np.ones(on.sum(), dtype=bool)
+            # Refit on the frames near the line: the few grounded frames of a ledge or respawn
+            # action far off it would otherwise tilt and lift it off the exact surface height.
+            for _ in range(3):
+                coef = np.linalg.lstsq(design[inliers], y[on][inliers], rcond=None)[0]
+                off = np.abs(y[on] - design @ coef)
+                inliers = off <= limit
+                if inliers.sum() < 2:
+                    break
+            if np.quantile(off, 0.95) > limit:
+                continue
+            index = divmod(int(surface), shape[1])
+            line[index], known[index] = coef, True
+            # Quantiles, not the extremes: a few frames of a ledge or teeter action sit past the edge.
+            extent[index] = np.quantile(x[on][inliers], [0.005, 0.995])
+    return (torch.tensor(line, dtype=torch.float32), torch.tensor(extent, dtype=torch.float32),
+            torch.tensor(known))
+
+
 def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """How often each binary and each predicted categorical repeats from one frame to the next in
     the training games."""
@@ -562,6 +614,8 @@ def train_run(
             mean, spread = float_statistics(data)
             units = std if cfg.continuous_loss == "huber_normalized" else typical_deltas(data, layout, "huber_normalized").to(device)
             model.calibrate_dynamics(mean.to(device), spread.to(device), units)
+        if experiment.model.stage_surfaces and hasattr(model, "calibrate_surfaces"):
+            model.calibrate_surfaces(*(part.to(device) for part in stage_surfaces(data)))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,15 @@ from meleewm_core.models import layers
 # no standardised input or normalised change leaves +-INPUT_CLIP.
 STD_FLOOR = 1e-2
 INPUT_CLIP = 20.0
+# ``stage_surfaces``: heights above the surface beneath are fed in tens of game units, capped at
+# 100 units (higher is all "far above"); a player within SURFACE_TOLERANCE game units above a
+# line stands on it. A player is placed on a surface only if the y head's guess is within
+# SNAP_DISTANCE game units of it (about a frame of fast fall), so a wrong on_ground call in the air
+# costs at most that.
+SNAP_DISTANCE = 5.0
+HEIGHT_UNIT = 10.0
+HEIGHT_CAP = 10.0
+SURFACE_TOLERANCE = 0.1
 
 
 class FrameStackMLP(nn.Module):
@@ -49,6 +58,27 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("float_std", torch.ones(spec.float_per_frame))
             self.register_buffer("delta_scale", torch.ones(num_deltas))
             self.register_buffer("delta_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
+        self.stage_surfaces = model.stage_surfaces
+        if model.stage_surfaces:
+            if "ground" not in self.layout.categoricals or not model.delta_gate:
+                raise ValueError("model.stage_surfaces needs heads: full_state (its ground head) and model.delta_gate")
+            input_dim += 2 * NUM_PLAYERS
+            # Per (stage, ground id): the line's (a, b), its x extent, whether it is a known surface.
+            # Empty until ``calibrate_surfaces`` measures the training data; saved with the weights.
+            surfaces = (spec.vocab("stage"), spec.vocab("ground"))
+            self.register_buffer("surface_line", torch.zeros(*surfaces, 2))
+            self.register_buffer("surface_extent", torch.zeros(*surfaces, 2))
+            self.register_buffer("surface_known", torch.zeros(*surfaces, dtype=torch.bool))
+            slots = {name: i for i, name in enumerate(self.layout.continuous)}
+            per_player = len(self.layout.continuous)
+            # The ground id is the *last* surface touched (it stays while airborne): a player is on
+            # it only where the on_ground binary says so too.
+            on_ground = self.layout.binary_cols.index(spec.float_col(0, "on_ground"))
+            self.surface_players = [
+                (spec.float_col(p, "x"), spec.float_col(p, "y"), p * per_player + slots["x"], p * per_player + slots["y"],
+                 f"p{p}_ground_logits", p * spec.binary_dim + on_ground, spec.float_col(p, "on_ground"))
+                for p in range(NUM_PLAYERS)
+            ]
         self.trunk = nn.Sequential(
             nn.Linear(input_dim, model.hidden_dim),
             nn.ReLU(),
@@ -148,6 +178,53 @@ class FrameStackMLP(nn.Module):
         self.float_std.copy_(float_std.clamp(min=STD_FLOOR))
         self.delta_scale.copy_(delta_scale)
 
+    @torch.no_grad()
+    def calibrate_surfaces(self, line: torch.Tensor, extent: torch.Tensor, known: torch.Tensor) -> None:
+        """Set the stage surfaces (``stage_surfaces``), as measured by ``train.stage_surfaces``."""
+        self.surface_line.copy_(line)
+        self.surface_extent.copy_(extent)
+        self.surface_known.copy_(known)
+
+    def surface_heights(self, floats: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        """(B, F) frames on ``stage`` (B,) -> (B, 2*players): per player the height above the highest
+        known surface beneath (in HEIGHT_UNITs, capped) and 1 where there is none."""
+        scale = self.spec.scale("y")
+        line, extent, known = self.surface_line[stage], self.surface_extent[stage], self.surface_known[stage]
+        features = []
+        for x_col, y_col, *_ in self.surface_players:
+            x, y = floats[:, x_col, None].float(), floats[:, y_col, None].float()
+            height = line[..., 0] + line[..., 1] * x  # (B, G)
+            beneath = known & (x >= extent[..., 0]) & (x <= extent[..., 1]) & (height <= y + SURFACE_TOLERANCE * scale)
+            floor = torch.where(beneath, height, torch.finfo(height.dtype).min).amax(1)
+            none = ~beneath.any(1)
+            above = ((y[:, 0] - floor) / (HEIGHT_UNIT * scale)).clamp(0, HEIGHT_CAP)
+            features += [torch.where(none, HEIGHT_CAP, above), none.float()]
+        return torch.stack(features, dim=1)
+
+    def placed_on_surfaces(self, outputs: dict[str, torch.Tensor], last: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        """The continuous deltas with each player whom the heads put on the ground of a known surface
+        moved to that surface's height at the predicted x."""
+        delta = outputs["continuous_delta"].float()
+        columns = list(delta.unbind(1))
+        for x_col, y_col, x_slot, y_slot, ground_key, on_ground, on_ground_col in self.surface_players:
+            ground = outputs[ground_key].argmax(1)
+            line = self.surface_line[stage, ground]
+            x_last, y_last = last[:, x_col].float(), last[:, y_col].float()
+            x_next = x_last + columns[x_slot]
+            on_surface = line[:, 0] + line[:, 1] * x_next - y_last
+            tolerance = SURFACE_TOLERANCE * self.spec.scale("y")
+            near = (on_surface - columns[y_slot]).abs() < SNAP_DISTANCE * self.spec.scale("y")
+            # Landing (from above, over the surface), or standing on the line already; a grounded
+            # player off it (held in a grab or a throw) is the y head's.
+            extent = self.surface_extent[stage, ground]
+            arriving = ((last[:, on_ground_col] < 0.5) & (on_surface <= tolerance)
+                        & (x_next >= extent[:, 0]) & (x_next <= extent[:, 1]))
+            standing = (line[:, 0] + line[:, 1] * x_last - y_last).abs() <= tolerance
+            placed = (self.surface_known[stage, ground] & (outputs["binary_logits"][:, on_ground] > 0) & near
+                      & (arriving | standing))
+            columns[y_slot] = torch.where(placed, on_surface, columns[y_slot])
+        return torch.stack(columns, dim=1)
+
     def dynamics_inputs(self, float_ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The standardised float rows, and each context step's change of the predicted continuous
         fields in units of their typical change, flattened (B, (K-1)*D); both clipped so a respawn's
@@ -173,10 +250,14 @@ class FrameStackMLP(nn.Module):
         if self.normalized_dynamics:
             standard, changes = self.dynamics_inputs(float_ctx)
             frames = self.embed_frames(standard, int_ctx)
-            x = torch.cat([frames.flatten(1), changes.to(frames.dtype), next_ctrl.to(frames.dtype)], dim=1)
+            parts = [frames.flatten(1), changes.to(frames.dtype)]
         else:
             frames = self.embed_frames(float_ctx, int_ctx)
-            x = torch.cat([frames.flatten(1), next_ctrl.to(frames.dtype)], dim=1)
+            parts = [frames.flatten(1)]
+        stage = int_ctx[:, -1, self.spec.stage_col]
+        if self.stage_surfaces:
+            parts.append(self.surface_heights(float_ctx[:, -1], stage).to(frames.dtype))
+        x = torch.cat([*parts, next_ctrl.to(frames.dtype)], dim=1)
         out = self.heads(self.trunk(x))
         outputs = dict(zip(self.head_sizes, out.split(list(self.head_sizes.values()), dim=1), strict=True))
         if self.normalized_dynamics:
@@ -201,6 +282,8 @@ class FrameStackMLP(nn.Module):
             if self.motion_prior and not self.motion_gate:
                 changes = changes.index_fill(1, self.motion_slots, True)
             outputs["continuous_delta"] = outputs["continuous_delta"] * changes
+        if self.stage_surfaces:
+            outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
         return outputs
 
 

@@ -257,3 +257,64 @@ def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_chan
 
     with pytest.raises(ValueError, match="categorical_gate needs model.persistence_prior"):
         build_model(encoding, ModelConfig(heads="full_state", categorical_gate=True))
+
+
+def test_stage_surfaces_place_a_grounded_player_on_the_line_and_feed_the_height_above_it():
+    encoding = EncodingConfig()
+    spec = EncodingSpec(encoding)
+    config = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, stage_surfaces=True)
+    model = build_model(encoding, config).eval()
+    plain = build_model(encoding, config.model_copy(update={"stage_surfaces": False}))
+    # Two features per player: the height above the surface beneath and "no surface beneath".
+    assert count_parameters(model) - count_parameters(plain) == 4 * config.hidden_dim
+
+    stage, ground = 3, 2
+    line, extent = torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2), torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2)
+    known = torch.zeros(spec.vocab("stage"), spec.vocab("ground"), dtype=torch.bool)
+    line[stage, ground] = torch.tensor([1.0, 0.1])  # encoded units: y = 1 + 0.1 x
+    extent[stage, ground] = torch.tensor([-2.0, 2.0])
+    known[stage, ground] = True
+    model.calibrate_surfaces(line, extent, known)
+
+    x, y = spec.float_col(0, "x"), spec.float_col(0, "y")
+    # Player 0 (x, y, on the ground last frame), the surface at 1.05 under x = 0.5: landing from 2
+    # game units above; 18 units above; coming up from 2 units below; past the surface's end;
+    # standing on it; grounded 2 units above it (held in a throw).
+    rows = [(0.5, 1.15, 0.0), (0.5, 1.95, 0.0), (0.5, 0.95, 0.0), (5.0, 1.6, 0.0), (0.5, 1.05, 1.0), (0.5, 1.15, 1.0)]
+    float_ctx = torch.zeros(len(rows), 10, spec.float_per_frame)
+    for i, (px, py, grounded) in enumerate(rows):
+        float_ctx[i, :, x], float_ctx[i, :, y] = px, py
+        float_ctx[i, :, spec.float_col(0, "on_ground")] = grounded
+    int_ctx = torch.zeros(len(rows), 10, spec.int_per_frame, dtype=torch.long)
+    int_ctx[:, :, spec.stage_col] = stage
+    int_ctx[:, :, spec.int_col(0, "ground")] = ground
+    ctrl = torch.rand(len(rows), spec.ctrl_conditioning_dim)
+
+    heights = model.surface_heights(float_ctx[:, -1], int_ctx[:, -1, spec.stage_col])
+    # 0.1 encoded = 2 game units = 0.2 tens of units; 0.9 encoded = 18 units.
+    expected = [[0.2, 0.0], [1.8, 0.0], [10.0, 1.0], [10.0, 1.0], [0.0, 0.0], [0.2, 0.0]]
+    torch.testing.assert_close(heights[:, :2], torch.tensor(expected))
+    assert heights[:, 3].eq(1).all()  # player 1 stands nowhere known
+
+    # Heads that move player 0 right by 0.2, say "on the ground", and hold every other field.
+    layout = model.layout
+    x_slot, y_slot = layout.continuous_cols.index(x), layout.continuous_cols.index(y)
+    on_ground = layout.binary_cols.index(spec.float_col(0, "on_ground"))
+    with torch.no_grad():
+        model.heads.weight.zero_()
+        model.heads.bias.zero_()
+        model.heads.bias[x_slot] = 0.2
+        gates = model._head_slice("continuous_change_logits")
+        model.heads.bias[gates] = -5.0
+        model.heads.bias[gates.start + x_slot] = 5.0
+        model.heads.bias[model._head_slice("binary_logits").start + on_ground] = 10.0
+    delta_y = model(float_ctx, int_ctx, ctrl)["continuous_delta"][:, y_slot]
+    # Placed at 1 + 0.1 * 0.7 = 1.07: the landing and the standing player; the others keep their y.
+    torch.testing.assert_close(delta_y, torch.tensor([1.07 - 1.15, 0.0, 0.0, 0.0, 1.07 - 1.05, 0.0]))
+
+    reloaded = build_model(encoding, config).eval()
+    reloaded.load_state_dict(model.state_dict())
+    assert torch.equal(reloaded.surface_known, known) and torch.equal(reloaded.surface_line, line)
+
+    with pytest.raises(ValueError, match="stage_surfaces needs heads: full_state"):
+        build_model(encoding, ModelConfig(persistence_prior=True, delta_gate=True, stage_surfaces=True))

@@ -224,3 +224,32 @@ def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dyna
     x = spec.float_col(0, "x")
     assert std[x] > 1 and torch.allclose(loaded.model.float_mean, mean) and torch.allclose(loaded.model.float_std, std.clamp(min=1e-2))
     assert loaded.model.delta_scale.min() > 0 and not torch.equal(loaded.model.delta_scale, torch.ones_like(loaded.model.delta_scale))
+
+
+def test_stage_surfaces_are_measured_from_the_grounded_training_frames_and_travel_with_the_checkpoint(root):
+    from meleewm_core.train import stage_surfaces
+
+    model_cfg = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, stage_surfaces=True)
+    exp = experiment("surfaces", model=model_cfg)
+    spec = EncodingSpec(exp.encoding)
+    _, data, _ = first_rollout_batch(exp, root)
+    line, extent, known = stage_surfaces(data)
+    assert known.any() and not known[:, 0].any()  # ground 0 (airborne, or unrecorded) is no surface
+    # Every known surface carries the characters grounded on it: 95% within 0.1 game units of its line.
+    for game in data.games:
+        if game.split != "train":
+            continue
+        floats, ints = (array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard])
+        stage = torch.as_tensor(np.asarray(ints[:, spec.stage_col], dtype=np.int64))
+        for p in range(2):
+            ground = torch.as_tensor(np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64))
+            x, y = (torch.as_tensor(np.asarray(floats[:, spec.float_col(p, name)])) for name in ("x", "y"))
+            on = known[stage, ground] & torch.as_tensor(np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5)
+            height = line[stage, ground, 0] + line[stage, ground, 1] * x
+            off = (y - height)[on].abs() / spec.scale("y")
+            assert off.numel() == 0 or off.quantile(0.95) <= 0.1
+    assert (extent[known][:, 0] < extent[known][:, 1]).all()
+
+    result = train_run(exp, root, progress=False)
+    loaded = load_checkpoint(result.best_checkpoint).model
+    assert torch.equal(loaded.surface_known, known) and torch.allclose(loaded.surface_line, line)
