@@ -52,8 +52,11 @@ def per_call_ms(fn, repeats: int = 50) -> float:
 def training_step(spec: EncodingSpec, fast_embedding: bool, pooled_dropout: bool, fused: bool, bf16: bool):
     """One v2.2 training step as a function of a batch, with the chosen modules and optimizer."""
     torch.manual_seed(0)
-    model = with_stock_torch_layers(build_model(spec.config, ExperimentConfig(name="bench").model),
-                                    embedding=not fast_embedding, dropout=not pooled_dropout)
+    model = with_stock_torch_layers(
+        build_model(spec.config, ExperimentConfig(name="bench").model),
+        embedding=not fast_embedding,
+        dropout=not pooled_dropout,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=fused)
     layout = head_layout(spec, "v22")
 
@@ -103,7 +106,8 @@ def op_timings() -> dict:
     mask = torch.empty(512, 512)
     return {
         "embedding_dense_backward (400x32 table, 10,240 rows) ms": per_call_ms(
-            lambda: torch.ops.aten.embedding_dense_backward(grad, indices, vocab, -1, False)),
+            lambda: torch.ops.aten.embedding_dense_backward(grad, indices, vocab, -1, False)
+        ),
         "index_add_ (same) ms": per_call_ms(lambda: torch.zeros(vocab, dim).index_add_(0, indices, grad)),
         "bernoulli_ 512x512 mask ms": per_call_ms(lambda: mask.bernoulli_(0.9)),
     }
@@ -116,28 +120,48 @@ def main() -> None:
     parser.add_argument("--selection", default="two_players")
     parser.add_argument("--batches", type=int, default=60, help="timed batches per pass")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile 10 steps of the first and last variant (ms per step of the costliest ops)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 10 steps of the first and last variant (ms per step of the costliest ops)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads or torch.get_num_threads())
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
-    experiment = ExperimentConfig(name="bench", encoding=encoding,
-                                  train=TrainConfig(max_games=args.max_games, games=args.selection))
+    experiment = ExperimentConfig(
+        name="bench", encoding=encoding, train=TrainConfig(max_games=args.max_games, games=args.selection)
+    )
     folder = ensure_shards(experiment, DataRoot.from_env(args.data), progress=False)
     data = FrameData.from_shards(folder, spec, max_games=args.max_games)
-    batches = list(make_batches(data, "train", mode="memory", batch_size=512, context_len=10, device="cpu",
-                                shuffle=True, max_batches=args.batches + 10))
+    batches = list(
+        make_batches(
+            data,
+            "train",
+            mode="memory",
+            batch_size=512,
+            context_len=10,
+            device="cpu",
+            shuffle=True,
+            max_batches=args.batches + 10,
+        )
+    )
     bf16 = use_bf16(torch.device("cpu"), "auto")
     result = {
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16_autocast": bf16,
-        "samples_per_s": {name: samples_per_s(training_step(spec, *flags, bf16=bf16), batches)
-                          for name, flags in VARIANTS.items()},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "bf16_autocast": bf16,
+        "samples_per_s": {
+            name: samples_per_s(training_step(spec, *flags, bf16=bf16), batches)
+            for name, flags in VARIANTS.items()
+        },
         "ops": op_timings(),
     }
     if args.profile:
-        result["profile_ms_per_step"] = {name: profile_ms_per_step(training_step(spec, *VARIANTS[name], bf16=bf16), batches)
-                                         for name in (FIRST, LAST)}
+        result["profile_ms_per_step"] = {
+            name: profile_ms_per_step(training_step(spec, *VARIANTS[name], bf16=bf16), batches)
+            for name in (FIRST, LAST)
+        }
     print(json.dumps(result, indent=2))
 
 

@@ -58,18 +58,43 @@ def world_rows(name: str, report) -> list[dict]:
     for metric, by in report.teacher_forced.items():
         if "persistence" not in by or metric in ("action_change_frames",) or metric.startswith("loss"):
             continue
-        better = by["model"] < by["persistence"] if lower_is_better(metric) else by["model"] > by["persistence"]
-        rows.append(dict(run=name, check=f"teacher-forced {metric}", model=by["model"], baseline=by["persistence"],
-                         target="beats persistence", met=better))
+        better = (
+            by["model"] < by["persistence"] if lower_is_better(metric) else by["model"] > by["persistence"]
+        )
+        rows.append(
+            dict(
+                run=name,
+                check=f"teacher-forced {metric}",
+                model=by["model"],
+                baseline=by["persistence"],
+                target="beats persistence",
+                met=better,
+            )
+        )
     rollout = report.rollout
     last = str(rollout.steps[-1])
     position = rollout.at_steps["position"][last]
-    rows.append(dict(run=name, check=f"rollout position error @ step {last}", model=position["model"],
-                     baseline=position["constant_velocity"], target=f"< {REFERENCE_ROLLOUT_60} and < constant velocity",
-                     met=position["model"] < REFERENCE_ROLLOUT_60 and position["model"] < position["constant_velocity"]))
-    rows.append(dict(run=name, check=f"rollout position error @ step {last} vs persistence", model=position["model"],
-                     baseline=position["persistence"], target="< persistence",
-                     met=position["model"] < position["persistence"]))
+    rows.append(
+        dict(
+            run=name,
+            check=f"rollout position error @ step {last}",
+            model=position["model"],
+            baseline=position["constant_velocity"],
+            target=f"< {REFERENCE_ROLLOUT_60} and < constant velocity",
+            met=position["model"] < REFERENCE_ROLLOUT_60
+            and position["model"] < position["constant_velocity"],
+        )
+    )
+    rows.append(
+        dict(
+            run=name,
+            check=f"rollout position error @ step {last} vs persistence",
+            model=position["model"],
+            baseline=position["persistence"],
+            target="< persistence",
+            met=position["model"] < position["persistence"],
+        )
+    )
     return rows
 
 
@@ -77,31 +102,58 @@ def policy_rows(name: str, report) -> list[dict]:
     rows = []
     for metric in ("stick_mae", "shoulder_mae", "button_acc", "button_f1", "loss/buttons"):
         by = report.teacher_forced[metric]
-        better = by["model"] < by["copy_previous"] if lower_is_better(metric) else by["model"] > by["copy_previous"]
-        rows.append(dict(run=name, check=metric, model=by["model"], baseline=by["copy_previous"],
-                         target="beats copy-previous", met=better))
+        better = (
+            by["model"] < by["copy_previous"]
+            if lower_is_better(metric)
+            else by["model"] > by["copy_previous"]
+        )
+        rows.append(
+            dict(
+                run=name,
+                check=metric,
+                model=by["model"],
+                baseline=by["copy_previous"],
+                target="beats copy-previous",
+                met=better,
+            )
+        )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="/tmp/meleewm-quality", help="data root to parse into and train from")
-    parser.add_argument("--replays", default=os.environ.get("MELEEWM_TEST_REPLAYS") or str(REPO.parent / "shared" / "replays"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default="/tmp/meleewm-quality", help="data root to parse into and train from"
+    )
+    parser.add_argument(
+        "--replays", default=os.environ.get("MELEEWM_TEST_REPLAYS") or str(REPO.parent / "shared" / "replays")
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--starts", type=int, default=128)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="write the table and every report as JSON here")
-    parser.add_argument("--reuse", action="store_true", help="evaluate the newest finished run of each experiment "
-                        "(same --epochs) instead of training a new one")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate the newest finished run of each experiment "
+        "(same --epochs) instead of training a new one",
+    )
     args = parser.parse_args()
 
     root = DataRoot(Path(args.data))
     prepare(root, Path(args.replays))
     overrides = {"train.epochs": args.epochs, "train.wandb": False, "train.device": args.device}
     rows, reports, timings = [], {}, {}
-    for config, kind in (("baseline-v22", "world"), ("exp-3a-full-state", "world"), ("exp-6a-motion-prior", "world"),
-                         ("exp-7c-motion-gate", "world"), ("policy-v22", "policy")):
+    for config, kind in (
+        ("baseline-v22", "world"),
+        ("exp-3a-full-state", "world"),
+        ("exp-6a-motion-prior", "world"),
+        ("exp-7c-motion-gate", "world"),
+        ("policy-v22", "policy"),
+    ):
         experiment = load_experiment(REPO / "experiments" / f"{config}.yaml", overrides)
         started = time.perf_counter()
         run_dir = newest_finished_run(root, config, args.epochs) if args.reuse else None
@@ -112,23 +164,45 @@ def main() -> int:
         else:
             timings[config] = {"train_s": None, "reused": str(run_dir)}
         started = time.perf_counter()
-        report = evaluate_run(run_dir, root, steps=args.steps, starts=args.starts, device=args.device,
-                              progress=False)
+        report = evaluate_run(
+            run_dir, root, steps=args.steps, starts=args.starts, device=args.device, progress=False
+        )
         timings[config]["eval_s"] = round(time.perf_counter() - started, 1)
         reports[config] = json.loads(report.model_dump_json())
         rows += policy_rows(config, report) if kind == "policy" else world_rows(config, report)
-        trained = "reused" if args.reuse and timings[config]["train_s"] is None else f"trained in {timings[config]['train_s']}s"
+        trained = (
+            "reused"
+            if args.reuse and timings[config]["train_s"] is None
+            else f"trained in {timings[config]['train_s']}s"
+        )
         print(f"{config}: {trained}, evaluated in {timings[config]['eval_s']}s -> {run_dir}", flush=True)
 
     print(f"\n{'run':<19}{'check':<52}{'model':>11}{'baseline':>11}  target / met")
     for row in rows:
-        print(f"{row['run']:<19}{row['check']:<52}{row['model']:>11.5f}{row['baseline']:>11.5f}  "
-              f"{row['target']} / {'yes' if row['met'] else 'NO'}")
-    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+        print(
+            f"{row['run']:<19}{row['check']:<52}{row['model']:>11.5f}{row['baseline']:>11.5f}  "
+            f"{row['target']} / {'yes' if row['met'] else 'NO'}"
+        )
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "timings": timings, "machine": machine,
-                                              "epochs": args.epochs, "reports": reports}, indent=1, default=str))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "timings": timings,
+                    "machine": machine,
+                    "epochs": args.epochs,
+                    "reports": reports,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0
 
 

@@ -36,10 +36,19 @@ def main() -> None:
     run = load_run(args.run_dir, args.device)
     data = open_val_data(run, DataRoot.from_env(args.data))
     spec, context_len = run.layout.spec, run.experiment.model.context_len
-    trace = rollout(model_predictor(run.model), data, run.layout, context_len, steps=args.steps, starts=args.starts,
-                    device=run.device)
+    trace = rollout(
+        model_predictor(run.model),
+        data,
+        run.layout,
+        context_len,
+        steps=args.steps,
+        starts=args.starts,
+        device=run.device,
+    )
     floats, ints, games = val_arrays(data)
-    rows = np.array([row for _, row in choose_starts(ints, games, spec, context_len, args.steps, args.starts)])
+    rows = np.array(
+        [row for _, row in choose_starts(ints, games, spec, context_len, args.steps, args.starts)]
+    )
     last = args.steps - 1
 
     def encoded(name: str, step: int) -> np.ndarray:
@@ -60,12 +69,18 @@ def main() -> None:
     result = {}
     for name, mask in groups.items():
         mask = mask & scored
-        errors = {axis: {"model": float(np.abs(model[..., i] - real[..., i])[mask].mean()),
-                         "persistence": float(np.abs(start_xy[..., i] - real[..., i])[mask].mean())}
-                  for i, axis in enumerate("xy")}
+        errors = {
+            axis: {
+                "model": float(np.abs(model[..., i] - real[..., i])[mask].mean()),
+                "persistence": float(np.abs(start_xy[..., i] - real[..., i])[mask].mean()),
+            }
+            for i, axis in enumerate("xy")
+        }
         result[name] = {"player_windows": int(mask.sum()), **errors}
-        print(f"{name:<26}{int(mask.sum()):>5} windows   x {errors['x']['model']:6.2f} (persistence "
-              f"{errors['x']['persistence']:6.2f})   y {errors['y']['model']:6.2f} (persistence {errors['y']['persistence']:6.2f})")
+        print(
+            f"{name:<26}{int(mask.sum()):>5} windows   x {errors['x']['model']:6.2f} (persistence "
+            f"{errors['x']['persistence']:6.2f})   y {errors['y']['model']:6.2f} (persistence {errors['y']['persistence']:6.2f})"
+        )
     print(json.dumps({"steps": args.steps, "groups": result}))
 
 

@@ -40,18 +40,33 @@ def run_job(root_path: str, config: str, sets: list[str]) -> dict:
     result = train_run(experiment, root, progress=False)
     train_s = time.perf_counter() - started
     run = load_run(result.run_dir, "auto")
-    report = rollout(model_predictor(run.model), open_val_data(run, root), run.layout, experiment.model.context_len,
-                     steps=60, starts=128, device=run.device).report
+    report = rollout(
+        model_predictor(run.model),
+        open_val_data(run, root),
+        run.layout,
+        experiment.model.context_len,
+        steps=60,
+        starts=128,
+        device=run.device,
+    ).report
     last = result.manifest["all_epochs"][-1]
     return {
-        "root": root_path, "config": config, "overrides": sets, "run_dir": str(result.run_dir),
-        "train_s": round(train_s, 1), "samples_per_s": last["samples_per_s"],
+        "root": root_path,
+        "config": config,
+        "overrides": sets,
+        "run_dir": str(result.run_dir),
+        "train_s": round(train_s, 1),
+        "samples_per_s": last["samples_per_s"],
         "val_games": len(result.manifest["game_md5s"]["val"]),
-        "teacher_forced": {k: {"model": round(last["val"][k], 4), "persistence": round(last["val"][f"baseline/{k}"], 4)}
-                           for k in HEADLINE},
+        "teacher_forced": {
+            k: {"model": round(last["val"][k], 4), "persistence": round(last["val"][f"baseline/{k}"], 4)}
+            for k in HEADLINE
+        },
         "not_beating_persistence": [k for k, beats in last["beats_persistence"].items() if not beats],
-        "rollout_position": {step: {who: round(v, 2) for who, v in by.items()}
-                             for step, by in report.at_steps["position"].items()},
+        "rollout_position": {
+            step: {who: round(v, 2) for who, v in by.items()}
+            for step, by in report.at_steps["position"].items()
+        },
         "rollout_scored_at_60": report.counts[-1],
         "sanity": report.sanity,
     }
@@ -59,7 +74,11 @@ def run_job(root_path: str, config: str, sets: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("jobs", nargs=argparse.REMAINDER, help="ROOT CONFIG [KEY=VALUE ...], jobs separated by --; after the options")
+    parser.add_argument(
+        "jobs",
+        nargs=argparse.REMAINDER,
+        help="ROOT CONFIG [KEY=VALUE ...], jobs separated by --; after the options",
+    )
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--out")
     args = parser.parse_args()

@@ -45,20 +45,39 @@ def _emit(result: dict, out: str | None) -> None:
         Path(out).write_text(text + "\n")
 
 
-def measure_training(data: FrameData, *, batch_size: int, device: torch.device, epochs: int, batches_per_epoch: int,
-                     compile_model: bool = False, precision: str = "auto", loader: str = "auto") -> dict:
+def measure_training(
+    data: FrameData,
+    *,
+    batch_size: int,
+    device: torch.device,
+    epochs: int,
+    batches_per_epoch: int,
+    compile_model: bool = False,
+    precision: str = "auto",
+    loader: str = "auto",
+) -> dict:
     """Train ``epochs`` short epochs; the first absorbs warm-up (and compilation), the rest are timed."""
     experiment = ExperimentConfig(
         name="bench",
         encoding=data.spec.config,
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, max_train_batches=batches_per_epoch,
-                          max_val_batches=2, wandb=False, compile=compile_model, precision=precision, loader=loader),
+        train=TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            max_train_batches=batches_per_epoch,
+            max_val_batches=2,
+            wandb=False,
+            compile=compile_model,
+            precision=precision,
+            loader=loader,
+        ),
     )
     torch.manual_seed(0)
     model = build_model(experiment.encoding, experiment.model).to(device)
     common = dict(mode=loader, context_len=experiment.model.context_len, device=device, max_batches=None)
     started = time.perf_counter()
-    train = make_batches(data, "train", batch_size=batch_size, shuffle=True, **{**common, "max_batches": batches_per_epoch})
+    train = make_batches(
+        data, "train", batch_size=batch_size, shuffle=True, **{**common, "max_batches": batches_per_epoch}
+    )
     val = make_batches(data, "val", batch_size=batch_size, shuffle=False, **{**common, "max_batches": 2})
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -98,7 +117,9 @@ class PerSampleWindows(torch.utils.data.Dataset):
         return self.floats[t - self.k : t], self.ints[t - self.k : t], frame[self.ctrl], frame, self.ints[t]
 
 
-def with_stock_torch_layers(model: torch.nn.Module, embedding: bool = True, dropout: bool = True) -> torch.nn.Module:
+def with_stock_torch_layers(
+    model: torch.nn.Module, embedding: bool = True, dropout: bool = True
+) -> torch.nn.Module:
     """The model with torch's own Embedding and/or Dropout (what the reference runs) in place of
     ``meleewm_core.models.layers``; same parameters."""
     from meleewm_core.models import layers
@@ -146,9 +167,12 @@ def measure_reference_style(data: FrameData, *, batch_size: int, batches: int) -
             break
         step(parts)
     seconds = time.perf_counter() - started
-    return {"pattern": "per-sample __getitem__ + DataLoader, fp32", "batch_size": batch_size,
-            "samples_per_s": round(batches * batch_size / seconds, 1),
-            "step_only_samples_per_s": round(batch_size / statistics.median(times), 1)}
+    return {
+        "pattern": "per-sample __getitem__ + DataLoader, fp32",
+        "batch_size": batch_size,
+        "samples_per_s": round(batches * batch_size / seconds, 1),
+        "step_only_samples_per_s": round(batch_size / statistics.median(times), 1),
+    }
 
 
 def run_cpu(args) -> dict:
@@ -162,8 +186,9 @@ def run_cpu(args) -> dict:
     bench_root = root
     started = time.perf_counter()
     try:
-        shard_set = encode_shards(bench_root, encoding, max_games=args.max_games, progress=False,
-                                  selection=args.selection)
+        shard_set = encode_shards(
+            bench_root, encoding, max_games=args.max_games, progress=False, selection=args.selection
+        )
         folder, new_games = shard_set.path, shard_set.new_games
     except ImportError:  # a GPU box without polars/peppi: use the shards carried to it
         folder, new_games = ensure_shards(ExperimentConfig(name="bench", encoding=encoding), bench_root), 0
@@ -171,22 +196,33 @@ def run_cpu(args) -> dict:
 
     started = time.perf_counter()
     data = FrameData.from_shards(folder, spec, max_games=args.max_games)
-    batches = make_batches(data, "train", mode="memory", batch_size=args.batch_size, context_len=10, device="cpu",
-                           shuffle=True)
+    batches = make_batches(
+        data, "train", mode="memory", batch_size=args.batch_size, context_len=10, device="cpu", shuffle=True
+    )
     first = next(iter(batches))
     load_s = time.perf_counter() - started
     assert first.float_ctx.shape[0] == args.batch_size
 
     training = [
-        measure_training(data, batch_size=args.batch_size, device=torch.device("cpu"), epochs=args.epochs,
-                         batches_per_epoch=args.batches, precision=precision)
+        measure_training(
+            data,
+            batch_size=args.batch_size,
+            device=torch.device("cpu"),
+            epochs=args.epochs,
+            batches_per_epoch=args.batches,
+            precision=precision,
+        )
         for precision in ("fp32", "bf16")
     ]
     reference_style = measure_reference_style(data, batch_size=args.batch_size, batches=args.batches)
     return {
         "mode": "cpu",
-        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "load_average": os.getloadavg(), "cpu_count": os.cpu_count()},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average": os.getloadavg(),
+            "cpu_count": os.cpu_count(),
+        },
         "games": len(data.games),
         "frames": sum(g.num_frames for g in data.games),
         "encode_s_new_games": round(encode_s, 3) if new_games else None,
@@ -194,8 +230,9 @@ def run_cpu(args) -> dict:
         "load_s": round(load_s, 3),
         "training": training,
         "reference_style": reference_style,
-        "speedup_vs_reference_style": round(max(r["samples_per_s"] for r in training)
-                                            / reference_style["samples_per_s"], 2),
+        "speedup_vs_reference_style": round(
+            max(r["samples_per_s"] for r in training) / reference_style["samples_per_s"], 2
+        ),
         "num_params": count_parameters(build_model(encoding, ModelConfig())),
     }
 
@@ -207,7 +244,9 @@ def synthetic_frames(num_frames: int, frames_per_game: int, spec: EncodingSpec, 
     ints = np.zeros((num_frames, spec.int_per_frame), dtype=np.int16)
     for name in spec.categorical_fields:
         for player in range(2):
-            ints[:, spec.int_col(player, name)] = rng.integers(0, spec.vocab(name), num_frames, dtype=np.int16)
+            ints[:, spec.int_col(player, name)] = rng.integers(
+                0, spec.vocab(name), num_frames, dtype=np.int16
+            )
     ints[:, spec.stage_col] = 31
     games = []
     for i, offset in enumerate(range(0, num_frames - frames_per_game + 1, frames_per_game)):
@@ -234,32 +273,75 @@ def run_gpu(args) -> dict:
     deadline = time.perf_counter() + args.budget_s
     for batch_size, compile_model in [(65536, False), (65536, True), (131072, True)]:
         if time.perf_counter() > deadline:
-            result["runs"].append({"batch_size": batch_size, "compile": compile_model, "skipped": "time budget"})
+            result["runs"].append(
+                {"batch_size": batch_size, "compile": compile_model, "skipped": "time budget"}
+            )
             continue
         try:
-            run = measure_training(data, batch_size=batch_size, device=device, epochs=3,
-                                   batches_per_epoch=args.batches, compile_model=compile_model, loader="gpu")
+            run = measure_training(
+                data,
+                batch_size=batch_size,
+                device=device,
+                epochs=3,
+                batches_per_epoch=args.batches,
+                compile_model=compile_model,
+                loader="gpu",
+            )
         except Exception as error:  # noqa: BLE001 - a failed configuration is a result, the others still run
-            run = {"batch_size": batch_size, "compile": compile_model, "error": f"{type(error).__name__}: {error}"}
+            run = {
+                "batch_size": batch_size,
+                "compile": compile_model,
+                "error": f"{type(error).__name__}: {error}",
+            }
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
         torch.cuda.empty_cache()
     # Whole epochs at the best configuration: the first compiles, the second is a full timed pass
     # over every training window.
-    best = max((r for r in result["runs"] if "samples_per_s" in r), key=lambda r: r["samples_per_s"], default=None)
+    best = max(
+        (r for r in result["runs"] if "samples_per_s" in r), key=lambda r: r["samples_per_s"], default=None
+    )
     if best is not None:
-        experiment = ExperimentConfig(name="bench", train=TrainConfig(
-            epochs=2, batch_size=best["batch_size"], max_val_batches=1, wandb=False, compile=best["compile"]))
+        experiment = ExperimentConfig(
+            name="bench",
+            train=TrainConfig(
+                epochs=2,
+                batch_size=best["batch_size"],
+                max_val_batches=1,
+                wandb=False,
+                compile=best["compile"],
+            ),
+        )
         model = build_model(experiment.encoding, experiment.model).to(device)
-        train = make_batches(data, "train", mode="gpu", batch_size=best["batch_size"], context_len=10,
-                             device=device, shuffle=True)
-        val = make_batches(data, "val", mode="gpu", batch_size=best["batch_size"], context_len=10, device=device,
-                           shuffle=False, max_batches=1)
+        train = make_batches(
+            data,
+            "train",
+            mode="gpu",
+            batch_size=best["batch_size"],
+            context_len=10,
+            device=device,
+            shuffle=True,
+        )
+        val = make_batches(
+            data,
+            "val",
+            mode="gpu",
+            batch_size=best["batch_size"],
+            context_len=10,
+            device=device,
+            shuffle=False,
+            max_batches=1,
+        )
         record = fit(model, experiment, train, val, device=device, progress=False)[-1]
         seconds_per_100m = 100e6 / record["samples_per_s"]
-        result["full_epoch"] = {"windows": train.num_windows, "seconds": record["train_seconds"],
-                                "samples_per_s": record["samples_per_s"], "batch_size": best["batch_size"],
-                                "compile": best["compile"], "seconds_per_100m_frames": round(seconds_per_100m, 1)}
+        result["full_epoch"] = {
+            "windows": train.num_windows,
+            "seconds": record["train_seconds"],
+            "samples_per_s": record["samples_per_s"],
+            "batch_size": best["batch_size"],
+            "compile": best["compile"],
+            "seconds_per_100m_frames": round(seconds_per_100m, 1),
+        }
     return result
 
 
@@ -268,8 +350,14 @@ def run_quality(args) -> dict:
     from meleewm_core.store import DataRoot
     from meleewm_core.train import train_run
 
-    overrides = {"train.max_games": args.max_games, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-                 "train.wandb": False, "train.games": args.games, "train.compile": args.compile}
+    overrides = {
+        "train.max_games": args.max_games,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.wandb": False,
+        "train.games": args.games,
+        "train.compile": args.compile,
+    }
     experiment = load_experiment(args.config, {**overrides, **parse_assignments(args.set or [])})
     started = time.perf_counter()
     result = train_run(experiment, DataRoot.from_env(args.data), progress=not args.quiet)
@@ -284,9 +372,12 @@ def run_quality(args) -> dict:
         "games": {k: len(v) for k, v in result.manifest["game_md5s"].items()},
         "frames": result.manifest["num_frames"],
         "per_epoch": [
-            {"epoch": e["epoch"], "samples_per_s": e["samples_per_s"],
-             **{k: round(e["val"][k], 4) for k in headline},
-             **{f"persistence/{k}": round(e["val"][f"baseline/{k}"], 4) for k in headline}}
+            {
+                "epoch": e["epoch"],
+                "samples_per_s": e["samples_per_s"],
+                **{k: round(e["val"][k], 4) for k in headline},
+                **{f"persistence/{k}": round(e["val"][f"baseline/{k}"], 4) for k in headline},
+            }
             for e in epochs
         ],
         "beats_persistence": epochs[-1]["beats_persistence"],
@@ -294,7 +385,9 @@ def run_quality(args) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     cpu = sub.add_parser("cpu", help="encode, load and train on real shards on this CPU")
     cpu.add_argument("--data", help="data root with parsed games and a manifest")
@@ -302,9 +395,17 @@ def main() -> int:
     cpu.add_argument("--batch-size", type=int, default=512)
     cpu.add_argument("--batches", type=int, default=150, help="timed batches per epoch")
     cpu.add_argument("--threads", type=int)
-    cpu.add_argument("--epochs", type=int, default=5, help="epochs per precision; the first is warm-up, the median of the rest is reported")
-    cpu.add_argument("--selection", default="two_players",
-                     help="two_players (every 2-player game, as the reference's 128-replay figure) or eligible")
+    cpu.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        help="epochs per precision; the first is warm-up, the median of the rest is reported",
+    )
+    cpu.add_argument(
+        "--selection",
+        default="two_players",
+        help="two_players (every 2-player game, as the reference's 128-replay figure) or eligible",
+    )
     gpu = sub.add_parser("gpu", help="the whole GPU measurement on synthesised frames")
     gpu.add_argument("--frames", type=int, default=30_000_000)
     gpu.add_argument("--batches", type=int, default=150, help="timed batches per epoch")
@@ -316,9 +417,15 @@ def main() -> int:
     quality.add_argument("--epochs", type=int, default=3)
     quality.add_argument("--batch-size", type=int)
     quality.add_argument("--quiet", action="store_true")
-    quality.add_argument("--games", default="two_players", help="two_players (the reference's data) or eligible")
-    quality.add_argument("--compile", action="store_true", help="torch.compile (pays off on long CUDA runs only)")
-    quality.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra override, e.g. model.delta_gate=false")
+    quality.add_argument(
+        "--games", default="two_players", help="two_players (the reference's data) or eligible"
+    )
+    quality.add_argument(
+        "--compile", action="store_true", help="torch.compile (pays off on long CUDA runs only)"
+    )
+    quality.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="extra override, e.g. model.delta_gate=false"
+    )
     for p in (cpu, gpu, quality):
         p.add_argument("--out", help="also write the JSON result here")
     args = parser.parse_args()

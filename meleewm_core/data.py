@@ -47,7 +47,13 @@ class Batch(NamedTuple):
         """The one-step batch predicting the ``j``-th frame (0 = the target) from the given context."""
         if j == 0:
             return Batch(float_ctx, int_ctx, self.next_ctrl, self.float_tgt, self.int_tgt)
-        return Batch(float_ctx, int_ctx, self.ahead_ctrl[:, j - 1], self.ahead_float[:, j - 1], self.ahead_int[:, j - 1])
+        return Batch(
+            float_ctx,
+            int_ctx,
+            self.ahead_ctrl[:, j - 1],
+            self.ahead_float[:, j - 1],
+            self.ahead_int[:, j - 1],
+        )
 
     @property
     def horizon(self) -> int:
@@ -151,7 +157,9 @@ class WindowColumns:
         self.buttons = torch.tensor(spec.button_cols, device=device) if spec.config.press_events else None
 
 
-def gather_batch(floats: torch.Tensor, ints: torch.Tensor, targets: torch.Tensor, cols: WindowColumns) -> Batch:
+def gather_batch(
+    floats: torch.Tensor, ints: torch.Tensor, targets: torch.Tensor, cols: WindowColumns
+) -> Batch:
     """Windows ending at each row of ``targets`` (rows of ``floats``/``ints``, on their device),
     with the ``cols.horizon - 1`` frames after each target."""
     k = cols.context_len
@@ -164,7 +172,9 @@ def gather_batch(floats: torch.Tensor, ints: torch.Tensor, targets: torch.Tensor
         now = predicted.index_select(2, cols.buttons) > 0.5
         before = float_win[:, k - 1 : -1].index_select(2, cols.buttons) < 0.5
         next_ctrl = torch.cat([next_ctrl, (now & before).to(next_ctrl.dtype)], dim=2)
-    ahead = (next_ctrl[:, 1:], predicted[:, 1:], int_win[:, k + 1 :]) if cols.horizon > 1 else (None, None, None)
+    ahead = (
+        (next_ctrl[:, 1:], predicted[:, 1:], int_win[:, k + 1 :]) if cols.horizon > 1 else (None, None, None)
+    )
     return Batch(float_win[:, :k], int_win[:, :k], next_ctrl[:, 0], predicted[:, 0], int_win[:, k], *ahead)
 
 
@@ -307,8 +317,14 @@ def make_batches(
     device = torch.device(device)
     if mode == "auto":
         mode = "gpu" if device.type == "cuda" else "memory"
-    kwargs = dict(batch_size=batch_size, context_len=context_len, shuffle=shuffle, seed=seed, max_batches=max_batches,
-                  horizon=horizon)
+    kwargs = dict(
+        batch_size=batch_size,
+        context_len=context_len,
+        shuffle=shuffle,
+        seed=seed,
+        max_batches=max_batches,
+        horizon=horizon,
+    )
     if mode == "memmap":
         return MemmapBatches(data, split, device=device, **kwargs)
     if mode == "gpu":
@@ -361,6 +377,8 @@ def preflight(batch: Batch, spec: EncodingSpec, context_len: int) -> None:
     for name, expected in expected_shapes(spec, context_len).items():
         got = tuple(getattr(batch, name).shape[1:])
         if got != expected:
-            problems.append(f"{name}: shape (B, {', '.join(map(str, got))}), expected (B, {', '.join(map(str, expected))})")
+            problems.append(
+                f"{name}: shape (B, {', '.join(map(str, got))}), expected (B, {', '.join(map(str, expected))})"
+            )
     if problems:
         raise ShapeError("shape preflight failed (" + flags + "):\n  " + "\n  ".join(problems))

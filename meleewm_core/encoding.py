@@ -151,7 +151,10 @@ class EncodingSpec:
 
     @cached_property
     def categorical_fields(self) -> tuple[str, ...]:
-        optional = (("state_age", self.config.state_age_as_embed), ("action_age", self.config.action_age_as_embed))
+        optional = (
+            ("state_age", self.config.state_age_as_embed),
+            ("action_age", self.config.action_age_as_embed),
+        )
         return (*PLAYER_CATEGORICALS, *(name for name, on in optional if on))
 
     @property
@@ -445,7 +448,8 @@ def _encode_player(columns, port: int, num_frames: int, spec: EncodingSpec, coun
         "c_x": stick("cstick.x", "c_x"),
         "c_y": stick("cstick.y", "c_y"),
         "shoulder": np.maximum(
-            get(_OTHER_SOURCES["trigger_l"], "shoulder", f32), get(_OTHER_SOURCES["trigger_r"], "shoulder", f32)
+            get(_OTHER_SOURCES["trigger_l"], "shoulder", f32),
+            get(_OTHER_SOURCES["trigger_r"], "shoulder", f32),
         ),
     }
     for name in (*STICK_FIELDS, "shoulder"):
@@ -458,7 +462,11 @@ def _encode_player(columns, port: int, num_frames: int, spec: EncodingSpec, coun
     for name, bit in zip(BUTTON_FIELDS, BUTTON_BITS, strict=True):
         controller[name] = ((bits & bit) != 0).astype(f32)
 
-    ints = {name: get(_CATEGORICAL_SOURCES[name], name, np.int64) for name in PLAYER_CATEGORICALS if name != "hurtbox"}
+    ints = {
+        name: get(_CATEGORICAL_SOURCES[name], name, np.int64)
+        for name in PLAYER_CATEGORICALS
+        if name != "hurtbox"
+    }
     ints["hurtbox"] = hurtbox_raw  # read once above (it also gives "invulnerable"), counted once
     ints["ground"] = np.where(ints["ground"] == 65535, 0, ints["ground"] + 1)
     if cfg.state_age_as_embed:
@@ -500,7 +508,12 @@ def encode_game(
     counter = _Counter()
     blocks = [_encode_player(columns, port, num_frames, spec, counter, game) for port in ports]
     stage_values = _categorical(
-        np.full(num_frames, stage, dtype=np.int64), spec.vocab("stage"), "stage", counter, game, spec.config.oov_policy
+        np.full(num_frames, stage, dtype=np.int64),
+        spec.vocab("stage"),
+        "stage",
+        counter,
+        game,
+        spec.config.oov_policy,
     )
     floats = np.concatenate([block[0] for block in blocks], axis=1).astype(FLOAT_DTYPE, copy=False)
     ints = np.concatenate([block[1] for block in blocks] + [stage_values[:, None]], axis=1).astype(INT_DTYPE)
@@ -545,7 +558,11 @@ class HeadLayout:
     @cached_property
     def position_slots(self) -> list[int]:
         """Indices of the x and y deltas among the continuous delta outputs."""
-        return [i for i, col in enumerate(self.continuous_cols) if self.spec.float_names[col].split(".")[1] in ("x", "y")]
+        return [
+            i
+            for i, col in enumerate(self.continuous_cols)
+            if self.spec.float_names[col].split(".")[1] in ("x", "y")
+        ]
 
     def categorical_col(self, player: int, name: str) -> int:
         return self.spec.int_col(player, name)

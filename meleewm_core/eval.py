@@ -192,14 +192,24 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Evalua
     val = manifest.get("game_md5s", {}).get("val")
     if not val:
         raise EvalError(f"{manifest_path}: no validation games listed under game_md5s.val")
-    checkpoint = next((run_dir / name for name in ("best.pt", "final.pt") if (run_dir / name).is_file()), None)
+    checkpoint = next(
+        (run_dir / name for name in ("best.pt", "final.pt") if (run_dir / name).is_file()), None
+    )
     if checkpoint is None:
         raise EvalError(f"{run_dir}: neither best.pt nor final.pt exists (did training finish an epoch?)")
     device = pick_device(device) if isinstance(device, str) else device
     loaded = load_checkpoint(checkpoint, device)
     delta_scale = loaded.state.get("delta_scale")
-    return EvaluableRun(run_dir, checkpoint, loaded.model, loaded.experiment, loaded.layout, manifest, device,
-                        delta_scale.to(device) if delta_scale is not None else None)
+    return EvaluableRun(
+        run_dir,
+        checkpoint,
+        loaded.model,
+        loaded.experiment,
+        loaded.layout,
+        manifest,
+        device,
+        delta_scale.to(device) if delta_scale is not None else None,
+    )
 
 
 def open_val_data(run: EvaluableRun, root) -> FrameData:
@@ -218,7 +228,9 @@ def open_val_data(run: EvaluableRun, root) -> FrameData:
     games = [replace(g, split="val") for g in data.games if g.md5 in wanted]
     missing = wanted - {g.md5 for g in games}
     if missing:
-        raise EvalError(f"{folder}: {len(missing)} validation game(s) of the run are not in the shards, e.g. {min(missing)}")
+        raise EvalError(
+            f"{folder}: {len(missing)} validation game(s) of the run are not in the shards, e.g. {min(missing)}"
+        )
     return FrameData(data.spec, data.shards, games, data.data_fingerprint, data.anomalies)
 
 
@@ -282,7 +294,10 @@ def _count_events(tally: Tally, prefix: str, predicted: torch.Tensor, real: torc
 
 def _constant_velocity_xy(batch: Batch, spec: EncodingSpec) -> dict[tuple[int, str], torch.Tensor]:
     """Constant-velocity prediction of x and y (game units) from the last two context frames."""
-    last, prev = batch.float_ctx[:, -1], batch.float_ctx[:, -2] if batch.float_ctx.shape[1] > 1 else batch.float_ctx[:, -1]
+    last, prev = (
+        batch.float_ctx[:, -1],
+        batch.float_ctx[:, -2] if batch.float_ctx.shape[1] > 1 else batch.float_ctx[:, -1],
+    )
     return {
         (p, name): 2 * _field(last, spec, p, name) - _field(prev, spec, p, name)
         for p in range(NUM_PLAYERS)
@@ -296,6 +311,7 @@ def _subsystem_update(tally: Tally, pred_f, pred_i, batch: Batch, spec: Encoding
     true_f, true_i = batch.float_tgt, batch.int_tgt
     cv = _constant_velocity_xy(batch, spec)
     for p in range(NUM_PLAYERS):
+
         def f(frames, name, p=p):
             return _field(frames, spec, p, name)
 
@@ -309,7 +325,14 @@ def _subsystem_update(tally: Tally, pred_f, pred_i, batch: Batch, spec: Encoding
         kb_true = f(true_f, "knockback_x").abs() + f(true_f, "knockback_y").abs()
 
         # movement
-        still = (d_percent_true == 0) & (hitlag_last == 0) & (hitlag_true == 0) & (kb_last == 0) & (kb_true == 0) & alive
+        still = (
+            (d_percent_true == 0)
+            & (hitlag_last == 0)
+            & (hitlag_true == 0)
+            & (kb_last == 0)
+            & (kb_true == 0)
+            & alive
+        )
         tally.add("movement/frames", still.sum())
         for name in ("x", "y"):
             err_model = (f(pred_f, name) - f(true_f, name)).abs()
@@ -320,7 +343,9 @@ def _subsystem_update(tally: Tally, pred_f, pred_i, batch: Batch, spec: Encoding
             tally.add("movement/position_mae/constant_velocity", err_cv[still].sum() / 2)
         ground = spec.float_col(p, "on_ground")
         tally.add("movement/on_ground_acc/model", ((pred_f[:, ground] == true_f[:, ground]) & still).sum())
-        tally.add("movement/on_ground_acc/persistence", ((last_f[:, ground] == true_f[:, ground]) & still).sum())
+        tally.add(
+            "movement/on_ground_acc/persistence", ((last_f[:, ground] == true_f[:, ground]) & still).sum()
+        )
 
         # hit detection
         hit_true = (d_percent_true >= HIT_PERCENT_THRESHOLD) | ((hitlag_true > 0) & (hitlag_last == 0))
@@ -332,13 +357,22 @@ def _subsystem_update(tally: Tally, pred_f, pred_i, batch: Batch, spec: Encoding
         # damage and knockback given a hit
         damaged = d_percent_true >= HIT_PERCENT_THRESHOLD
         tally.add("damage_knockback/frames", damaged.sum())
-        tally.add("damage_knockback/percent_change_mae/model", (d_percent_pred - d_percent_true).abs()[damaged].sum())
+        tally.add(
+            "damage_knockback/percent_change_mae/model",
+            (d_percent_pred - d_percent_true).abs()[damaged].sum(),
+        )
         tally.add("damage_knockback/percent_change_mae/persistence", d_percent_true.abs()[damaged].sum())
         launched = (kb_true > 0) & (kb_last == 0)
         tally.add("damage_knockback/launch_frames", launched.sum())
         for name in ("knockback_x", "knockback_y"):
-            tally.add("damage_knockback/knockback_mae/model", (f(pred_f, name) - f(true_f, name)).abs()[launched].sum() / 2)
-            tally.add("damage_knockback/knockback_mae/persistence", (f(last_f, name) - f(true_f, name)).abs()[launched].sum() / 2)
+            tally.add(
+                "damage_knockback/knockback_mae/model",
+                (f(pred_f, name) - f(true_f, name)).abs()[launched].sum() / 2,
+            )
+            tally.add(
+                "damage_knockback/knockback_mae/persistence",
+                (f(last_f, name) - f(true_f, name)).abs()[launched].sum() / 2,
+            )
 
         # action transitions
         changed = act_true != act_last
@@ -349,17 +383,33 @@ def _subsystem_update(tally: Tally, pred_f, pred_i, batch: Batch, spec: Encoding
         tally.add("action_transitions/unchanged_hits/model", ((act_pred == act_true) & ~changed).sum())
         tally.add("action_transitions/change_recalled/model", (predicted_change & changed).sum())
         tally.add("action_transitions/predicted_changes/model", predicted_change.sum())
-        tally.add("action_transitions/predicted_change_hits/model", (predicted_change & (act_pred == act_true)).sum())
+        tally.add(
+            "action_transitions/predicted_change_hits/model",
+            (predicted_change & (act_pred == act_true)).sum(),
+        )
 
         # shield and grab
         guarding = _in(act_last, GUARD_ACTIONS) | _in(act_true, GUARD_ACTIONS)
         tally.add("shield_grab/shield_frames", guarding.sum())
-        tally.add("shield_grab/shield_mae/model", (f(pred_f, "shield") - f(true_f, "shield")).abs()[guarding].sum())
-        tally.add("shield_grab/shield_mae/persistence", (f(last_f, "shield") - f(true_f, "shield")).abs()[guarding].sum())
+        tally.add(
+            "shield_grab/shield_mae/model", (f(pred_f, "shield") - f(true_f, "shield")).abs()[guarding].sum()
+        )
+        tally.add(
+            "shield_grab/shield_mae/persistence",
+            (f(last_f, "shield") - f(true_f, "shield")).abs()[guarding].sum(),
+        )
         was_broken = _in(act_last, SHIELD_BREAK_ACTIONS)
-        _count_events(tally, "shield_grab/break/model/", _in(act_pred, SHIELD_BREAK_ACTIONS) & ~was_broken,
-                      _in(act_true, SHIELD_BREAK_ACTIONS) & ~was_broken)
-        was_grab, is_grab, pred_grab = _in(act_last, GRAB_ACTIONS), _in(act_true, GRAB_ACTIONS), _in(act_pred, GRAB_ACTIONS)
+        _count_events(
+            tally,
+            "shield_grab/break/model/",
+            _in(act_pred, SHIELD_BREAK_ACTIONS) & ~was_broken,
+            _in(act_true, SHIELD_BREAK_ACTIONS) & ~was_broken,
+        )
+        was_grab, is_grab, pred_grab = (
+            _in(act_last, GRAB_ACTIONS),
+            _in(act_true, GRAB_ACTIONS),
+            _in(act_pred, GRAB_ACTIONS),
+        )
         _count_events(tally, "shield_grab/grab_onset/model/", pred_grab & ~was_grab, is_grab & ~was_grab)
         grab_frames = was_grab | is_grab
         tally.add("shield_grab/grab_frames", grab_frames.sum())
@@ -381,7 +431,9 @@ def _subsystem_report(tally: Tally, layout: HeadLayout) -> dict[str, dict[str, A
             "frames": t.get("movement/frames"),
             "predicted_by_heads": {"x", "y"} <= predicted_fields,
             "metrics": {
-                "position_mae": pair("movement/position_mae", "movement/frames", "model", "persistence", "constant_velocity"),
+                "position_mae": pair(
+                    "movement/position_mae", "movement/frames", "model", "persistence", "constant_velocity"
+                ),
                 "on_ground_acc": pair("movement/on_ground_acc", "movement/frames", "model", "persistence"),
             },
         },
@@ -389,7 +441,10 @@ def _subsystem_report(tally: Tally, layout: HeadLayout) -> dict[str, dict[str, A
             "frames": t.get("hit_detection/frames"),
             "predicted_by_heads": "percent" in predicted_fields,
             "metrics": {
-                **{k: {"model": hit_model[k], "persistence": hit_base[k]} for k in ("precision", "recall", "f1")},
+                **{
+                    k: {"model": hit_model[k], "persistence": hit_base[k]}
+                    for k in ("precision", "recall", "f1")
+                },
                 "events": {"model": hit_model["events"]},
             },
         },
@@ -397,8 +452,12 @@ def _subsystem_report(tally: Tally, layout: HeadLayout) -> dict[str, dict[str, A
             "frames": t.get("damage_knockback/frames"),
             "predicted_by_heads": {"percent", "knockback_x"} <= predicted_fields,
             "metrics": {
-                "percent_change_mae": pair("damage_knockback/percent_change_mae", "damage_knockback/frames", "model", "persistence"),
-                "knockback_mae": pair("damage_knockback/knockback_mae", "damage_knockback/launch_frames", "model", "persistence"),
+                "percent_change_mae": pair(
+                    "damage_knockback/percent_change_mae", "damage_knockback/frames", "model", "persistence"
+                ),
+                "knockback_mae": pair(
+                    "damage_knockback/knockback_mae", "damage_knockback/launch_frames", "model", "persistence"
+                ),
                 "launch_frames": {"model": t.get("damage_knockback/launch_frames")},
             },
         },
@@ -406,10 +465,18 @@ def _subsystem_report(tally: Tally, layout: HeadLayout) -> dict[str, dict[str, A
             "frames": t.get(transitions + "frames"),
             "predicted_by_heads": True,
             "metrics": {
-                "changed_acc": {"model": t.ratio(transitions + "changed_hits/model", transitions + "frames"), "persistence": 0.0},
-                "change_recall": {"model": t.ratio(transitions + "change_recalled/model", transitions + "frames"), "persistence": 0.0},
+                "changed_acc": {
+                    "model": t.ratio(transitions + "changed_hits/model", transitions + "frames"),
+                    "persistence": 0.0,
+                },
+                "change_recall": {
+                    "model": t.ratio(transitions + "change_recalled/model", transitions + "frames"),
+                    "persistence": 0.0,
+                },
                 "change_precision": {
-                    "model": t.ratio(transitions + "predicted_change_hits/model", transitions + "predicted_changes/model"),
+                    "model": t.ratio(
+                        transitions + "predicted_change_hits/model", transitions + "predicted_changes/model"
+                    ),
                     "persistence": float("nan"),
                 },
                 "unchanged_acc": {
@@ -422,11 +489,15 @@ def _subsystem_report(tally: Tally, layout: HeadLayout) -> dict[str, dict[str, A
             "frames": t.get("shield_grab/shield_frames") + t.get("shield_grab/grab_frames"),
             "predicted_by_heads": "shield" in predicted_fields,
             "metrics": {
-                "shield_mae": pair("shield_grab/shield_mae", "shield_grab/shield_frames", "model", "persistence"),
+                "shield_mae": pair(
+                    "shield_grab/shield_mae", "shield_grab/shield_frames", "model", "persistence"
+                ),
                 "shield_break_f1": {"model": _f1(t, "shield_grab/break/model/")["f1"], "persistence": 0.0},
                 "shield_break_events": {"model": _f1(t, "shield_grab/break/model/")["events"]},
                 "grab_onset_f1": {"model": _f1(t, "shield_grab/grab_onset/model/")["f1"], "persistence": 0.0},
-                "grab_state_acc": pair("shield_grab/grab_state_acc", "shield_grab/grab_frames", "model", "persistence"),
+                "grab_state_acc": pair(
+                    "shield_grab/grab_state_acc", "shield_grab/grab_frames", "model", "persistence"
+                ),
             },
         },
     }
@@ -457,7 +528,9 @@ def teacher_forced(
         outputs = predict(batch)
         loss, parts = compute_loss(outputs, batch, layout, experiment.train.loss_weights, delta_scale, robust)
         metrics.update(outputs, batch, loss, parts)
-        pred_f, pred_i = next_frame(outputs, batch.float_ctx[:, -1], batch.int_ctx[:, -1], batch.next_ctrl, layout)
+        pred_f, pred_i = next_frame(
+            outputs, batch.float_ctx[:, -1], batch.int_ctx[:, -1], batch.next_ctrl, layout
+        )
         for (p, name), guess in _constant_velocity_xy(batch, spec).items():
             tally.add(f"cv/{name}", (guess - _field(batch.float_tgt, spec, p, name)).abs().sum())
         _subsystem_update(tally, pred_f, pred_i, batch, spec)
@@ -476,7 +549,9 @@ def teacher_forced(
         if f"field/{name}_mae" in table:
             table[f"field/{name}_mae"]["constant_velocity"] = tally.get(f"cv/{name}") / per_player
     if "position_mae" in table:
-        table["position_mae"]["constant_velocity"] = (tally.get("cv/x") + tally.get("cv/y")) / (2 * per_player)
+        table["position_mae"]["constant_velocity"] = (tally.get("cv/x") + tally.get("cv/y")) / (
+            2 * per_player
+        )
     return table, _subsystem_report(tally, layout), frames
 
 
@@ -512,7 +587,12 @@ def val_arrays(data: FrameData) -> tuple[np.ndarray, np.ndarray, list[tuple[str,
 
 
 def choose_starts(
-    ints: np.ndarray, games: list[tuple[str, int, int]], spec: EncodingSpec, context_len: int, steps: int, starts: int
+    ints: np.ndarray,
+    games: list[tuple[str, int, int]],
+    spec: EncodingSpec,
+    context_len: int,
+    steps: int,
+    starts: int,
 ) -> list[tuple[str, int]]:
     """``starts`` (md5, row) of first predicted frames, spread evenly over every game's valid rows.
 
@@ -529,7 +609,9 @@ def choose_starts(
         alive = ~np.isin(last_actions, list(DEATH_OR_RESPAWN_ACTIONS)).any(1)
         candidates += [(md5, int(r)) for r in rows[alive]]
     if not candidates:
-        raise EvalError(f"no validation game is long enough for a rollout of {steps} steps after {context_len} frames")
+        raise EvalError(
+            f"no validation game is long enough for a rollout of {steps} steps after {context_len} frames"
+        )
     picks = np.unique(np.linspace(0, len(candidates) - 1, min(starts, len(candidates))).round().astype(int))
     return [candidates[i] for i in picks]
 
@@ -599,13 +681,24 @@ def rollout(
         candidates = {"model": (pred_f, pred_i), "persistence": (hold_f, hold_i)}
         for who, (frame_f, frame_i) in candidates.items():
             for name in continuous:
-                err = sum((_field(frame_f, spec, p, name) - _field(real.float_tgt, spec, p, name)).abs() for p in range(NUM_PLAYERS))
+                err = sum(
+                    (_field(frame_f, spec, p, name) - _field(real.float_tgt, spec, p, name)).abs()
+                    for p in range(NUM_PLAYERS)
+                )
                 errors[name][who][step] = (err / NUM_PLAYERS)[ok].sum().item()
             for name in BINARY_FIELDS:
-                hit = sum((frame_f[:, spec.float_col(p, name)] == real.float_tgt[:, spec.float_col(p, name)]).float() for p in range(NUM_PLAYERS))
+                hit = sum(
+                    (
+                        frame_f[:, spec.float_col(p, name)] == real.float_tgt[:, spec.float_col(p, name)]
+                    ).float()
+                    for p in range(NUM_PLAYERS)
+                )
                 errors[name][who][step] = (hit / NUM_PLAYERS)[ok].sum().item()
             for name in categoricals:
-                hit = sum((frame_i[:, spec.int_col(p, name)] == real.int_tgt[:, spec.int_col(p, name)]).float() for p in range(NUM_PLAYERS))
+                hit = sum(
+                    (frame_i[:, spec.int_col(p, name)] == real.int_tgt[:, spec.int_col(p, name)]).float()
+                    for p in range(NUM_PLAYERS)
+                )
                 errors[name][who][step] = (hit / NUM_PLAYERS)[ok].sum().item()
             errors["position"][who][step] = (errors["x"][who][step] + errors["y"][who][step]) / 2
         cv_err = {}
@@ -626,20 +719,28 @@ def rollout(
         if ok.any():
             min_percent = min(min_percent, percents[ok].min().item())
             action_changes["model"] += (pred_i[:, action_cols] != ctx_i[:, -1, action_cols])[ok].sum().item()
-            action_changes["true"] += (real.int_tgt[:, action_cols] != ints[start_rows + step - 1][:, action_cols])[ok].sum().item()
+            action_changes["true"] += (
+                (real.int_tgt[:, action_cols] != ints[start_rows + step - 1][:, action_cols])[ok].sum().item()
+            )
 
         ctx_f = torch.cat([ctx_f[:, 1:], pred_f[:, None]], dim=1)
         ctx_i = torch.cat([ctx_i[:, 1:], pred_i[:, None]], dim=1)
 
     safe_counts = counts.clamp(min=1)
     fields = {
-        name: {who: (values / safe_counts).where(counts > 0, torch.tensor(float("nan"))).tolist() for who, values in by.items()}
+        name: {
+            who: (values / safe_counts).where(counts > 0, torch.tensor(float("nan"))).tolist()
+            for who, values in by.items()
+        }
         for name, by in errors.items()
     }
     report_steps = [s for s in REPORT_STEPS if s <= steps]
     if steps not in report_steps:
         report_steps.append(steps)
-    at_steps = {name: {str(s): {who: values[s - 1] for who, values in by.items()} for s in report_steps} for name, by in fields.items()}
+    at_steps = {
+        name: {str(s): {who: values[s - 1] for who, values in by.items()} for s in report_steps}
+        for name, by in fields.items()
+    }
 
     real_event, pred_event = true_loss_step >= 0, pred_loss_step >= 0
     hits = real_event & pred_event
@@ -649,7 +750,9 @@ def rollout(
         "hits": float(hits.sum()),
         "recall": float(hits.sum() / real_event.sum()) if real_event.any() else float("nan"),
         "precision": float(hits.sum() / pred_event.sum()) if pred_event.any() else float("nan"),
-        "timing_mae_frames": float((true_loss_step - pred_loss_step)[hits].abs().float().mean()) if hits.any() else float("nan"),
+        "timing_mae_frames": float((true_loss_step - pred_loss_step)[hits].abs().float().mean())
+        if hits.any()
+        else float("nan"),
         "persistence_recall": 0.0 if real_event.any() else float("nan"),
     }
     valid_steps = max(float(counts.sum()) * NUM_PLAYERS, 1.0)
@@ -659,7 +762,9 @@ def rollout(
         "real_action_change_rate": action_changes["true"] / valid_steps,
     }
     game_first = {md5: offset for md5, offset, _ in games}
-    carried = [n for n in continuous if n not in layout.continuous] + [n for n in categoricals if n not in layout.categoricals]
+    carried = [n for n in continuous if n not in layout.continuous] + [
+        n for n in categoricals if n not in layout.categoricals
+    ]
     report = RolloutReport(
         steps=list(range(1, steps + 1)),
         report_steps=report_steps,
@@ -685,7 +790,10 @@ def rollout(
 
 def _policy_table(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     return {
-        key: {"model": value, **({"copy_previous": metrics[f"baseline/{key}"]} if f"baseline/{key}" in metrics else {})}
+        key: {
+            "model": value,
+            **({"copy_previous": metrics[f"baseline/{key}"]} if f"baseline/{key}" in metrics else {}),
+        }
         for key, value in metrics.items()
         if not key.startswith("baseline/")
     }
@@ -710,12 +818,25 @@ def evaluate_run(
     run = load_run(run_dir, device)
     data = open_val_data(run, root)
     context_len = run.experiment.model.context_len
-    batches = make_batches(data, "val", mode="memory", batch_size=batch_size, context_len=context_len,
-                           device=run.device, shuffle=False)
+    batches = make_batches(
+        data,
+        "val",
+        mode="memory",
+        batch_size=batch_size,
+        context_len=context_len,
+        device=run.device,
+        shuffle=False,
+    )
     out_dir = run.run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    common = dict(run_dir=run.run_dir, experiment=run.experiment.name, checkpoint=run.checkpoint, device=str(run.device),
-                  num_val_games=len(run.val_md5s), val_md5s=run.val_md5s)
+    common = dict(
+        run_dir=run.run_dir,
+        experiment=run.experiment.name,
+        checkpoint=run.checkpoint,
+        device=str(run.device),
+        num_val_games=len(run.val_md5s),
+        val_md5s=run.val_md5s,
+    )
 
     if run.is_policy:
         from meleewm_core.policy import evaluate_policy
@@ -723,15 +844,25 @@ def evaluate_run(
         metrics = evaluate_policy(run.model, batches, run.experiment)
         plots = {"policy": plot_policy(metrics, out_dir / "policy.png")}
         report = EvalReport(
-            kind="policy", heads=None, teacher_forced_frames=batches.num_windows, teacher_forced=_policy_table(metrics),
-            rollout=None, subsystems={}, plots=plots, stick_mae=metrics["stick_mae"],
-            stick_mae_copy_previous=metrics["baseline/stick_mae"], button_acc=metrics["button_acc"],
-            button_acc_copy_previous=metrics["baseline/button_acc"], seconds=0.0, **common,
+            kind="policy",
+            heads=None,
+            teacher_forced_frames=batches.num_windows,
+            teacher_forced=_policy_table(metrics),
+            rollout=None,
+            subsystems={},
+            plots=plots,
+            stick_mae=metrics["stick_mae"],
+            stick_mae_copy_previous=metrics["baseline/stick_mae"],
+            button_acc=metrics["button_acc"],
+            button_acc_copy_previous=metrics["baseline/button_acc"],
+            seconds=0.0,
+            **common,
         )
     else:
         predict = model_predictor(run.model)
-        table, subsystems, frames = teacher_forced(predict, batches, run.layout, run.experiment,
-                                                   delta_scale=run.delta_scale, progress=progress)
+        table, subsystems, frames = teacher_forced(
+            predict, batches, run.layout, run.experiment, delta_scale=run.delta_scale, progress=progress
+        )
         trace = rollout(predict, data, run.layout, context_len, steps=steps, starts=starts, device=run.device)
         plots = {
             "rollout_error": plot_rollout_errors(trace.report, out_dir / "rollout_error.png"),
@@ -741,19 +872,31 @@ def evaluate_run(
         last = trace.report.steps[-1]
         position = trace.report.fields["position"]
         report = EvalReport(
-            kind="world_model", heads=run.experiment.model.heads, teacher_forced_frames=frames, teacher_forced=table,
-            rollout=trace.report, subsystems=subsystems, plots=plots,
-            position_mae=table["position_mae"]["model"], position_mae_persistence=table["position_mae"]["persistence"],
-            action_acc=table["action_acc"]["model"], action_acc_persistence=table["action_acc"]["persistence"],
-            rollout_last_step=last, rollout_position_error=position["model"][-1],
+            kind="world_model",
+            heads=run.experiment.model.heads,
+            teacher_forced_frames=frames,
+            teacher_forced=table,
+            rollout=trace.report,
+            subsystems=subsystems,
+            plots=plots,
+            position_mae=table["position_mae"]["model"],
+            position_mae_persistence=table["position_mae"]["persistence"],
+            action_acc=table["action_acc"]["model"],
+            action_acc_persistence=table["action_acc"]["persistence"],
+            rollout_last_step=last,
+            rollout_position_error=position["model"][-1],
             rollout_position_error_persistence=position["persistence"][-1],
-            rollout_position_error_constant_velocity=position["constant_velocity"][-1], seconds=0.0, **common,
+            rollout_position_error_constant_velocity=position["constant_velocity"][-1],
+            seconds=0.0,
+            **common,
         )
     report.seconds = round(time.perf_counter() - started, 3)
     write_json_atomic(out_dir / "report.json", json.loads(report.model_dump_json()))
     write_text_atomic(out_dir / "report.md", report_markdown(report))
     if progress:
-        print(f"wrote {out_dir / 'report.json'}, report.md and {len(report.plots)} plot(s) in {report.seconds:.1f}s")
+        print(
+            f"wrote {out_dir / 'report.json'}, report.md and {len(report.plots)} plot(s) in {report.seconds:.1f}s"
+        )
     return report
 
 
@@ -784,16 +927,26 @@ def report_markdown(report: EvalReport) -> str:
         lines += ["## Imitation policy against copy-the-previous-controller", ""]
         rows = [[k, v["model"], v.get("copy_previous")] for k, v in report.teacher_forced.items()]
         lines += _table(rows, ["metric", "policy", "copy previous"])
-        lines += ["", "Stick and shoulder errors are in encoded units (0..1, half the game's -1..1 stick range).", ""]
+        lines += [
+            "",
+            "Stick and shoulder errors are in encoded units (0..1, half the game's -1..1 stick range).",
+            "",
+        ]
         return "\n".join(lines) + "\n"
 
     lines += [f"Heads: `{report.heads}`.", "", "## Teacher-forced (one step, real context)", ""]
-    rows = [[k, v["model"], v.get("persistence"), v.get("constant_velocity")] for k, v in report.teacher_forced.items()]
+    rows = [
+        [k, v["model"], v.get("persistence"), v.get("constant_velocity")]
+        for k, v in report.teacher_forced.items()
+    ]
     lines += _table(rows, ["metric", "model", "persistence", "constant velocity"])
     lines += ["", "MAE in game units; accuracies in 0..1.", ""]
     rollout = report.rollout
     if rollout is not None:
-        lines += [f"## Rollout ({rollout.num_starts} starts, {rollout.steps[-1]} steps, real controllers)", ""]
+        lines += [
+            f"## Rollout ({rollout.num_starts} starts, {rollout.steps[-1]} steps, real controllers)",
+            "",
+        ]
         header = ["field", "predictor"] + [f"step {s}" for s in rollout.report_steps]
         rows = []
         for name in ("position", "x", "y", "percent", "shield", "action", "on_ground"):
@@ -807,18 +960,28 @@ def report_markdown(report: EvalReport) -> str:
             f"Deaths and respawns: {rollout.death_rule}.",
             "",
             "Fields the heads do not predict, carried by persistence during the rollout: "
-            + (", ".join(rollout.carried_fields) or "none") + ".",
+            + (", ".join(rollout.carried_fields) or "none")
+            + ".",
             "",
-            "Stock losses as events: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.stock_loss.items()) + ".",
+            "Stock losses as events: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.stock_loss.items())
+            + ".",
             "",
             "Sanity: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.sanity.items()) + ".",
             "",
         ]
     lines += ["## Per-subsystem accuracy (teacher-forced)", ""]
     for name, entry in report.subsystems.items():
-        carried = "" if entry["predicted_by_heads"] else " The heads do not predict every field involved: those are carried by persistence."
+        carried = (
+            ""
+            if entry["predicted_by_heads"]
+            else " The heads do not predict every field involved: those are carried by persistence."
+        )
         lines += [f"### {name} ({_fmt(entry['frames'])} frames)", "", entry["definition"] + carried, ""]
-        rows = [[metric, by.get("model"), by.get("persistence"), by.get("constant_velocity")] for metric, by in entry["metrics"].items()]
+        rows = [
+            [metric, by.get("model"), by.get("persistence"), by.get("constant_velocity")]
+            for metric, by in entry["metrics"].items()
+        ]
         lines += _table(rows, ["metric", "model", "persistence", "constant velocity"]) + [""]
     lines += [
         "## Plots",

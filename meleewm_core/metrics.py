@@ -51,7 +51,9 @@ def _continuous_weights(layout: HeadLayout, weights: LossWeights) -> list[float]
     return [weight(name) for _ in range(NUM_PLAYERS) for name in layout.continuous]
 
 
-def _delta_error(pred: torch.Tensor, target: torch.Tensor, delta_scale: torch.Tensor | None, robust: bool) -> torch.Tensor:
+def _delta_error(
+    pred: torch.Tensor, target: torch.Tensor, delta_scale: torch.Tensor | None, robust: bool
+) -> torch.Tensor:
     if delta_scale is None:
         return (pred - target) ** 2
     if robust:
@@ -115,10 +117,15 @@ def compute_loss(
         parts["change_gate"] = gate_loss
         total = total + weights.change_gate * gate_loss
     for name in layout.categoricals:
-        field_loss = sum(
-            F.cross_entropy(outputs[f"p{p}_{name}_logits"].float(), batch.int_tgt[:, layout.categorical_col(p, name)])
-            for p in range(NUM_PLAYERS)
-        ) / NUM_PLAYERS
+        field_loss = (
+            sum(
+                F.cross_entropy(
+                    outputs[f"p{p}_{name}_logits"].float(), batch.int_tgt[:, layout.categorical_col(p, name)]
+                )
+                for p in range(NUM_PLAYERS)
+            )
+            / NUM_PLAYERS
+        )
         weight = {"action": weights.action, "jumps": weights.jumps}.get(name, weights.categorical)
         parts[name] = field_loss
         total = total + weight * field_loss
@@ -134,7 +141,9 @@ class MetricAccumulator:
         self.keys: list[str] = []
 
     @torch.no_grad()
-    def update(self, outputs: dict[str, torch.Tensor], batch, loss: torch.Tensor, parts: dict[str, torch.Tensor]):
+    def update(
+        self, outputs: dict[str, torch.Tensor], batch, loss: torch.Tensor, parts: dict[str, torch.Tensor]
+    ):
         layout, spec = self.layout, self.layout.spec
         size = torch.full((), float(batch.float_tgt.shape[0]), device=batch.float_tgt.device)
         values: dict[str, torch.Tensor] = {"count": size, "loss": loss.detach().float() * size}
@@ -143,7 +152,9 @@ class MetricAccumulator:
 
         delta = true_delta(batch, layout)
         pred = outputs["continuous_delta"].float()
-        scales = cached_tensor(tuple(spec.scale(n) for _ in range(NUM_PLAYERS) for n in layout.continuous), delta.device)
+        scales = cached_tensor(
+            tuple(spec.scale(n) for _ in range(NUM_PLAYERS) for n in layout.continuous), delta.device
+        )
         model_err = ((pred - delta).abs() / scales).sum(0)
         base_err = (delta.abs() / scales).sum(0)
         n = len(layout.continuous)
@@ -178,7 +189,9 @@ class MetricAccumulator:
                 values["action_changes"] = changes
                 values["action_change_hits"] = change_hits
 
-        vector = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=size.device) for v in values.values()])
+        vector = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32, device=size.device) for v in values.values()]
+        )
         if self.sums is None:
             self.keys = list(values)
             self.sums = vector

@@ -62,10 +62,21 @@ def plot_trajectories(trace, path: Path, *, count: int = 4) -> Path:
         for player, color in ((0, "tab:blue"), (1, "tab:red")):
             real = trace.true_xy[index, :, player]
             ax.plot(real[:, 0], real[:, 1], color=color, linewidth=2, label=f"P{player} real")
-            ax.plot(trace.model_xy[index, :, player, 0], trace.model_xy[index, :, player, 1], color=color,
-                    linestyle="--", label=f"P{player} model")
-            ax.plot(trace.cv_xy[index, :, player, 0], trace.cv_xy[index, :, player, 1], color=color,
-                    linestyle=":", alpha=0.6, label=f"P{player} const. velocity")
+            ax.plot(
+                trace.model_xy[index, :, player, 0],
+                trace.model_xy[index, :, player, 1],
+                color=color,
+                linestyle="--",
+                label=f"P{player} model",
+            )
+            ax.plot(
+                trace.cv_xy[index, :, player, 0],
+                trace.cv_xy[index, :, player, 1],
+                color=color,
+                linestyle=":",
+                alpha=0.6,
+                label=f"P{player} const. velocity",
+            )
             ax.scatter(real[:1, 0], real[:1, 1], color=color, marker="o")
             invalid = (~trace.valid[index]).nonzero()[0]
             if len(invalid):
@@ -87,13 +98,22 @@ def plot_subsystems(subsystems: dict[str, dict[str, Any]], path: Path) -> Path:
     for ax, (name, entry) in zip(axes[0], subsystems.items(), strict=True):
         metrics = {m: by for m, by in entry["metrics"].items() if "persistence" in by}
         labels = list(metrics)
-        whos = [w for w in ("model", "persistence", "constant_velocity") if any(w in by for by in metrics.values())]
+        whos = [
+            w
+            for w in ("model", "persistence", "constant_velocity")
+            if any(w in by for by in metrics.values())
+        ]
         width = 0.8 / max(len(whos), 1)
         for i, who in enumerate(whos):
             values = [metrics[m].get(who, float("nan")) for m in labels]
             values = [0.0 if v != v else v for v in values]
-            ax.bar([j + i * width for j in range(len(labels))], values, width, label=who.replace("_", " "),
-                   color=STYLES[who]["color"])
+            ax.bar(
+                [j + i * width for j in range(len(labels))],
+                values,
+                width,
+                label=who.replace("_", " "),
+                color=STYLES[who]["color"],
+            )
         ax.set_xticks([j + width * (len(whos) - 1) / 2 for j in range(len(labels))])
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{name} ({int(entry['frames']):,} frames)", fontsize=9)
@@ -108,8 +128,11 @@ def plot_policy(metrics: dict[str, float], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 3.2))
     for ax, key in zip(axes, keys, strict=True):
         values = [metrics.get(key, float("nan")), metrics.get(f"baseline/{key}", float("nan"))]
-        ax.bar(["policy", "copy prev."], [0.0 if v != v else v for v in values],
-               color=[STYLES["model"]["color"], STYLES["copy_previous"]["color"]])
+        ax.bar(
+            ["policy", "copy prev."],
+            [0.0 if v != v else v for v in values],
+            color=[STYLES["model"]["color"], STYLES["copy_previous"]["color"]],
+        )
         ax.set_title(key, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Imitation policy on validation games")
@@ -121,9 +144,18 @@ def plot_simulation(columns: dict[str, Any], path: Path, *, title: str) -> Path:
     steps = columns["step"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for player, color in ((0, "tab:blue"), (1, "tab:red")):
-        for prefix, style in (("real", dict(linestyle="-", alpha=0.5)), ("sim", dict(linestyle="--", linewidth=2))):
+        for prefix, style in (
+            ("real", dict(linestyle="-", alpha=0.5)),
+            ("sim", dict(linestyle="--", linewidth=2)),
+        ):
             label = f"P{player} {'simulated' if prefix == 'sim' else 'real'}"
-            axes[0].plot(columns[f"{prefix}.p{player}.x"], columns[f"{prefix}.p{player}.y"], color=color, label=label, **style)
+            axes[0].plot(
+                columns[f"{prefix}.p{player}.x"],
+                columns[f"{prefix}.p{player}.y"],
+                color=color,
+                label=label,
+                **style,
+            )
             axes[1].plot(steps, columns[f"{prefix}.p{player}.x"], color=color, label=label, **style)
             axes[2].plot(steps, columns[f"{prefix}.p{player}.percent"], color=color, label=label, **style)
     for ax, (xlabel, ylabel) in zip(axes, (("x", "y"), ("frame", "x"), ("frame", "percent")), strict=True):

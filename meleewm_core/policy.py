@@ -68,12 +68,17 @@ class ImitationPolicyMLP(nn.Module):
     def __init__(self, encoding: EncodingConfig, model: ModelConfig):
         super().__init__()
         if model.context_len < 2:
-            raise ValueError(f"{POLICY_MODEL_NAME} needs model.context_len >= 2 (a change needs two frames), "
-                             f"got {model.context_len}")
+            raise ValueError(
+                f"{POLICY_MODEL_NAME} needs model.context_len >= 2 (a change needs two frames), "
+                f"got {model.context_len}"
+            )
         self.spec = spec = EncodingSpec(encoding)
         self.context_len = model.context_len
         self.embeddings = nn.ModuleDict(
-            {name: layers.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
+            {
+                name: layers.Embedding(spec.vocab(name), spec.embed_dim(name))
+                for name in (*spec.categorical_fields, "stage")
+            }
         )
         for name in spec.categorical_fields:
             cols = [spec.int_col(p, name) for p in range(NUM_PLAYERS)]
@@ -94,7 +99,9 @@ class ImitationPolicyMLP(nn.Module):
         edges = torch.tensor(CHANGE_EDGES_STEPS) * ANALOG_STEP
         self.register_buffer("change_edges", edges, persistent=False)
         self.num_bins = 2 * len(edges) - 1
-        self.heads = nn.Linear(model.trunk_dim, self.analog_dim * self.num_bins + len(BUTTON_FIELDS) * NUM_PLAYERS)
+        self.heads = nn.Linear(
+            model.trunk_dim, self.analog_dim * self.num_bins + len(BUTTON_FIELDS) * NUM_PLAYERS
+        )
         # The change each bin stands for, per field: starts at the bin's middle and is fitted (by
         # ``policy_loss``) to the median change of the training frames in the bin.
         middles = torch.cat([torch.zeros(1), (edges[:-1] + edges[1:]) / 2])
@@ -106,13 +113,19 @@ class ImitationPolicyMLP(nn.Module):
     def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, next_ctrl: torch.Tensor | None = None):
         """``next_ctrl`` is accepted for the world models' call signature and ignored: it is the target."""
         frames = self.embed_frames(float_ctx, int_ctx).flatten(1)
-        out = self.heads(self.trunk(torch.cat([frames, self.controller_history(float_ctx).to(frames.dtype)], 1))).float()
+        out = self.heads(
+            self.trunk(torch.cat([frames, self.controller_history(float_ctx).to(frames.dtype)], 1))
+        ).float()
         split = self.analog_dim * self.num_bins
         change_logits = out[:, :split].reshape(-1, self.analog_dim, self.num_bins)
         last_buttons = float_ctx[:, -1].index_select(1, self.button_cols).float()
         buttons = out[:, split:] + self.button_prior * (2 * last_buttons - 1)
-        return {"analog_delta": self.median_change(change_logits), "change_logits": change_logits,
-                "bin_values": self.bin_values, "button_logits": buttons}
+        return {
+            "analog_delta": self.median_change(change_logits),
+            "change_logits": change_logits,
+            "bin_values": self.bin_values,
+            "button_logits": buttons,
+        }
 
     def median_change(self, change_logits: torch.Tensor) -> torch.Tensor:
         """The median of each predicted change distribution (B, 10): the prediction with the least
@@ -175,7 +188,9 @@ def controller_row(analog: torch.Tensor, buttons: torch.Tensor, spec: EncodingSp
     return torch.stack([per_field[(p, name)] for p in range(NUM_PLAYERS) for name in CONTROLLER_FIELDS], 1)
 
 
-def policy_loss(outputs: dict[str, torch.Tensor], batch, spec: EncodingSpec, weights) -> tuple[torch.Tensor, dict]:
+def policy_loss(
+    outputs: dict[str, torch.Tensor], batch, spec: EncodingSpec, weights
+) -> tuple[torch.Tensor, dict]:
     """Cross-entropy of the analog changes' bins (x ``loss_weights.continuous``) + BCE on the
     buttons (x ``.binary``), + the L1 that fits each bin's value to its training changes (it
     reaches only ``bin_values``). Reported: ``analog``, the L1 of the predicted (median) change."""
@@ -222,7 +237,9 @@ class PolicyMetrics:
         analog, probs = predicted_controllers(outputs, last, spec)
         cols = torch.tensor(analog_cols(spec), device=last.device)
         true_analog, prev_analog = batch.float_tgt.index_select(1, cols), last.index_select(1, cols)
-        is_stick = torch.tensor([n in STICK_FIELDS for _ in range(NUM_PLAYERS) for n in ANALOG_FIELDS], device=last.device)
+        is_stick = torch.tensor(
+            [n in STICK_FIELDS for _ in range(NUM_PLAYERS) for n in ANALOG_FIELDS], device=last.device
+        )
         for who, guess in (("", analog), ("baseline/", prev_analog)):
             error = (guess - true_analog).abs()
             self._add(f"{who}stick_abs", error[:, is_stick].sum())
@@ -243,17 +260,27 @@ class PolicyMetrics:
     def result(self) -> dict[str, float]:
         s = self.sums
         count = max(s.get("count", 0.0), 1.0)
-        sticks, shoulders, buttons = count * len(STICK_FIELDS) * NUM_PLAYERS, count * NUM_PLAYERS, count * len(BUTTON_FIELDS) * NUM_PLAYERS
+        sticks, shoulders, buttons = (
+            count * len(STICK_FIELDS) * NUM_PLAYERS,
+            count * NUM_PLAYERS,
+            count * len(BUTTON_FIELDS) * NUM_PLAYERS,
+        )
         out = {key: value / count for key, value in s.items() if key.startswith("loss")}
         for who in ("", "baseline/"):
-            tp, fp, fn = s.get(f"{who}button_tp", 0.0), s.get(f"{who}button_fp", 0.0), s.get(f"{who}button_fn", 0.0)
+            tp, fp, fn = (
+                s.get(f"{who}button_tp", 0.0),
+                s.get(f"{who}button_fp", 0.0),
+                s.get(f"{who}button_fn", 0.0),
+            )
             out[f"{who}stick_mae"] = s.get(f"{who}stick_abs", 0.0) / sticks
             out[f"{who}stick_mse"] = s.get(f"{who}stick_sq", 0.0) / sticks
             out[f"{who}shoulder_mae"] = s.get(f"{who}shoulder_abs", 0.0) / shoulders
             out[f"{who}button_acc"] = s.get(f"{who}button_hits", 0.0) / buttons
             out[f"{who}button_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
             presses = s.get("presses", 0.0)
-            out[f"{who}button_press_recall"] = s.get(f"{who}press_hits", 0.0) / presses if presses else float("nan")
+            out[f"{who}button_press_recall"] = (
+                s.get(f"{who}press_hits", 0.0) / presses if presses else float("nan")
+            )
         # The button BCE of a calibrated copy-previous: "same as last frame" with probability q, the
         # rate at which buttons really keep their state on these very frames (a baseline that knows
         # the answer's base rate, so beating it means knowing *when* buttons change).
@@ -292,8 +319,10 @@ def train_policy_run(
 
     experiment = apply_overrides(experiment, overrides)
     if experiment.model.name != POLICY_MODEL_NAME:
-        raise ValueError(f"experiment {experiment.name!r}: model.name is {experiment.model.name!r}, "
-                         f"a policy run needs {POLICY_MODEL_NAME!r} (see experiments/policy-v22.yaml)")
+        raise ValueError(
+            f"experiment {experiment.name!r}: model.name is {experiment.model.name!r}, "
+            f"a policy run needs {POLICY_MODEL_NAME!r} (see experiments/policy-v22.yaml)"
+        )
     spec = EncodingSpec(experiment.encoding)
     weights = experiment.train.loss_weights
     return train_run(

@@ -153,8 +153,10 @@ def shard_arrays(folder: str | os.PathLike[str], shard: str, *, mmap: bool) -> t
 
 def check_shard_shapes(folder: str | os.PathLike[str], index: ShardIndex, spec: EncodingSpec) -> None:
     """Fail unless every shard array has the shape and dtype this encoding expects."""
-    flags = (f"state_age_as_embed={spec.config.state_age_as_embed}, press_events={spec.config.press_events}, "
-             f"action_age_as_embed={spec.config.action_age_as_embed}")
+    flags = (
+        f"state_age_as_embed={spec.config.state_age_as_embed}, press_events={spec.config.press_events}, "
+        f"action_age_as_embed={spec.config.action_age_as_embed}"
+    )
     for shard in index.shards:
         floats, ints = shard_arrays(folder, shard.name, mmap=True)
         for name, array, width, dtype in (

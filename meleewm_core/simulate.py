@@ -90,8 +90,10 @@ def simulate(
     if not policy.is_policy:
         raise EvalError(f"{policy.run_dir}: not a policy run (train one with `meleewm train-policy`)")
     if policy.experiment.encoding != world.experiment.encoding:
-        raise EvalError(f"{policy.run_dir}: the policy's encoding config differs from the world model's "
-                        f"({world.run_dir}); train both with the same encoding")
+        raise EvalError(
+            f"{policy.run_dir}: the policy's encoding config differs from the world model's "
+            f"({world.run_dir}); train both with the same encoding"
+        )
     spec, layout = world.spec, world.layout
     k_world, k_policy = world.experiment.model.context_len, policy.experiment.model.context_len
     history_len = max(k_world, k_policy)
@@ -99,7 +101,9 @@ def simulate(
     floats_np, ints_np, games = val_arrays(open_val_data(world, root))
     md5, first, num_frames, start = _start(games, history_len, frames, game, start_row)
     hist_f = torch.from_numpy(floats_np[first + start - history_len : first + start]).to(world.device)[None]
-    hist_i = torch.from_numpy(ints_np[first + start - history_len : first + start]).to(world.device).long()[None]
+    hist_i = (
+        torch.from_numpy(ints_np[first + start - history_len : first + start]).to(world.device).long()[None]
+    )
     generator = torch.Generator(device=world.device).manual_seed(seed)
     button_cols = torch.tensor(spec.button_cols, device=world.device)
 
@@ -113,7 +117,9 @@ def simulate(
             before = hist_f[:, -1].index_select(1, button_cols) < 0.5
             next_ctrl = torch.cat([next_ctrl, ((buttons > 0.5) & before).float()], dim=1)
         outputs = world.model(hist_f[:, -k_world:], hist_i[:, -k_world:], next_ctrl)
-        new_f, new_i = next_frame({k: v.float() for k, v in outputs.items()}, hist_f[:, -1], hist_i[:, -1], next_ctrl, layout)
+        new_f, new_i = next_frame(
+            {k: v.float() for k, v in outputs.items()}, hist_f[:, -1], hist_i[:, -1], next_ctrl, layout
+        )
         rows_f.append(new_f[0].cpu().numpy())
         rows_i.append(new_i[0].cpu().numpy())
         hist_f = torch.cat([hist_f[:, 1:], new_f[:, None]], dim=1)
@@ -128,7 +134,9 @@ def simulate(
             for name in TRAJECTORY_FIELDS:
                 values = fl[:, spec.float_col(p, name)] / spec.scale(name)
                 columns[f"{prefix}.p{p}.{name}"] = _pad(values.astype(np.float32), frames)
-            columns[f"{prefix}.p{p}.action"] = _pad(it[:, spec.int_col(p, "action")].astype(np.float32), frames)
+            columns[f"{prefix}.p{p}.action"] = _pad(
+                it[:, spec.int_col(p, "action")].astype(np.float32), frames
+            )
             columns[f"{prefix}.p{p}.on_ground"] = _pad(fl[:, spec.float_col(p, "on_ground")], frames)
     for p in range(NUM_PLAYERS):
         for name in CONTROLLER_FIELDS:
@@ -139,16 +147,31 @@ def simulate(
     buttons_mode = f"sampled{seed}" if sample_buttons else "greedy"
     stem = f"{policy.run_dir.name}-{md5[:8]}-{start}-{buttons_mode}"
     write_parquet_atomic(table, out / f"{stem}.parquet")
-    plot = plot_simulation(columns, out / f"{stem}.png", title=f"{world.experiment.name} + {policy.experiment.name}, "
-                           f"game {md5[:8]} from row {start}")
+    plot = plot_simulation(
+        columns,
+        out / f"{stem}.png",
+        title=f"{world.experiment.name} + {policy.experiment.name}, game {md5[:8]} from row {start}",
+    )
 
-    dead = np.isin(sim_i[:, [spec.int_col(p, "action") for p in range(NUM_PLAYERS)]], list(DEATH_ACTIONS)).any(1)
+    dead = np.isin(
+        sim_i[:, [spec.int_col(p, "action") for p in range(NUM_PLAYERS)]], list(DEATH_ACTIONS)
+    ).any(1)
     xs = np.abs(sim_f[:, [spec.float_col(p, "x") for p in range(NUM_PLAYERS)]] / spec.scale("x"))
     return SimulationResult(
-        world_run=world.run_dir, policy_run=policy.run_dir, game_md5=md5, start_row=start, frames=frames,
-        trajectory=out / f"{stem}.parquet", plot=plot,
-        first_predicted_death=int(dead.nonzero()[0][0]) + 1 if dead.any() else None, left_stage_x=float(xs.max()),
-        lowest_percent=float((sim_f[:, [spec.float_col(p, "percent") for p in range(NUM_PLAYERS)]] / spec.scale("percent")).min()),
+        world_run=world.run_dir,
+        policy_run=policy.run_dir,
+        game_md5=md5,
+        start_row=start,
+        frames=frames,
+        trajectory=out / f"{stem}.parquet",
+        plot=plot,
+        first_predicted_death=int(dead.nonzero()[0][0]) + 1 if dead.any() else None,
+        left_stage_x=float(xs.max()),
+        lowest_percent=float(
+            (
+                sim_f[:, [spec.float_col(p, "percent") for p in range(NUM_PLAYERS)]] / spec.scale("percent")
+            ).min()
+        ),
     )
 
 
@@ -157,4 +180,3 @@ def _pad(values: np.ndarray, length: int) -> np.ndarray:
     out = np.full(length, np.nan, dtype=np.float32)
     out[: len(values)] = values
     return out
-

@@ -79,7 +79,9 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def learning_rate(step: int, total_steps: int, base_lr: float, warmup_steps: int, min_fraction: float) -> float:
+def learning_rate(
+    step: int, total_steps: int, base_lr: float, warmup_steps: int, min_fraction: float
+) -> float:
     """Linear warmup, then cosine decay from ``base_lr`` to ``base_lr * min_fraction``."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -174,8 +176,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
 
 def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
     # The fused kernel updates every tensor in one pass: on 2 CPU cores 3.5 -> ~1 ms per step.
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=device.type in ("cuda", "cpu"))
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu")
+    )
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:
@@ -212,8 +215,15 @@ def _later_steps_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_sc
     return lambda outputs, batch: position_loss(outputs, batch, layout, delta_scale, robust)
 
 
-def rollout_loss(forward, batch, loss_fn: LossFn, layout: HeadLayout, device: torch.device, bf16: bool,
-                 later_loss: LossFn | None = None):
+def rollout_loss(
+    forward,
+    batch,
+    loss_fn: LossFn,
+    layout: HeadLayout,
+    device: torch.device,
+    bf16: bool,
+    later_loss: LossFn | None = None,
+):
     """The loss of ``batch.horizon`` successive predictions, each made from the context the
     previous ones built (real controllers, predicted state), and the first step's outputs.
 
@@ -248,12 +258,25 @@ def rollout_loss(forward, batch, loss_fn: LossFn, layout: HeadLayout, device: to
         return first, total / steps, {k: v / steps for k, v in parts.items()}
     if steps == 1:
         return first, total, parts
-    return first, total + later / (steps - 1), {**parts, **{f"rollout_{k}": v / (steps - 1) for k, v in later_parts.items()}}
+    return (
+        first,
+        total + later / (steps - 1),
+        {**parts, **{f"rollout_{k}": v / (steps - 1) for k, v in later_parts.items()}},
+    )
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable, layout: HeadLayout, experiment: ExperimentConfig, device, delta_scale=None,
-             *, loss_fn: LossFn | None = None, make_metrics: Callable[[], Any] | None = None):
+def evaluate(
+    model,
+    batches: Iterable,
+    layout: HeadLayout,
+    experiment: ExperimentConfig,
+    device,
+    delta_scale=None,
+    *,
+    loss_fn: LossFn | None = None,
+    make_metrics: Callable[[], Any] | None = None,
+):
     model.eval()
     loss_fn = loss_fn or _default_loss(layout, experiment, delta_scale)
     metrics = make_metrics() if make_metrics else MetricAccumulator(layout)
@@ -311,8 +334,14 @@ def fit(
         recent: collections.deque = collections.deque(maxlen=check_every)
         started = time.perf_counter()
         samples = 0
-        bar = tqdm(train_batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            train_batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         for batch_index, batch in enumerate(bar, start=1):
             if batch_index == 1 and epoch == start_epoch + 1:
                 preflight(batch, spec, context_len)
@@ -334,14 +363,24 @@ def fit(
             step += 1
             samples += batch.float_ctx.shape[0]
             if progress and (batch_index % 20 == 0 or batch_index == steps_per_epoch):
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{samples / (time.perf_counter() - started):,.0f}")
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}", samples_s=f"{samples / (time.perf_counter() - started):,.0f}"
+                )
         _check_finite(recent, epoch, spec)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         train_metrics = metrics.result()
-        val_metrics = evaluate(model, val_batches, layout, experiment, device, delta_scale, loss_fn=loss_fn,
-                               make_metrics=make_metrics)
+        val_metrics = evaluate(
+            model,
+            val_batches,
+            layout,
+            experiment,
+            device,
+            delta_scale,
+            loss_fn=loss_fn,
+            make_metrics=make_metrics,
+        )
         record = {
             "epoch": epoch,
             "step": step,
@@ -355,8 +394,10 @@ def fit(
         }
         records.append(record)
         if progress:
-            print(f"epoch {epoch}: train loss {train_metrics.get('loss', float('nan')):.4f}  "
-                  f"val loss {val_metrics.get('loss', float('nan')):.4f}  {record['samples_per_s']:,.0f} samples/s")
+            print(
+                f"epoch {epoch}: train loss {train_metrics.get('loss', float('nan')):.4f}  "
+                f"val loss {val_metrics.get('loss', float('nan')):.4f}  {record['samples_per_s']:,.0f} samples/s"
+            )
             print(format_table(train_metrics, val_metrics))
         if on_epoch is not None:
             on_epoch(record, optimizer)
@@ -372,8 +413,10 @@ def _check_finite(recent: collections.deque, epoch: int, spec: EncodingSpec) -> 
     first = int((~torch.isfinite(losses)).nonzero()[0, 0])
     batch_index, batch, loss = recent[first]
     fields = nonfinite_fields(batch, spec)
-    cause = ("non-finite inputs: " + ", ".join(fields)) if fields else (
-        "all inputs finite: the model diverged (lower train.lr or check the loss weights)"
+    cause = (
+        ("non-finite inputs: " + ", ".join(fields))
+        if fields
+        else ("all inputs finite: the model diverged (lower train.lr or check the loss weights)")
     )
     raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, batch {batch_index}: {cause}")
 
@@ -383,8 +426,13 @@ def _check_finite(recent: collections.deque, epoch: int, spec: EncodingSpec) -> 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -419,12 +467,20 @@ def ensure_shards(experiment: ExperimentConfig, root, *, progress: bool = True) 
     from meleewm_core.shards import encode_shards, read_index
 
     try:
-        shard_set = encode_shards(root, experiment.encoding, max_games=experiment.train.max_games,
-                                  train_percent=experiment.train.train_percent, progress=progress,
-                                  selection=experiment.train.games)
+        shard_set = encode_shards(
+            root,
+            experiment.encoding,
+            max_games=experiment.train.max_games,
+            train_percent=experiment.train.train_percent,
+            progress=progress,
+            selection=experiment.train.games,
+        )
     except ImportError:
-        candidates = [p.parent for p in sorted(Path(root.shards_dir).glob("*/index.json"))
-                      if read_index(p.parent).encoding == experiment.encoding]
+        candidates = [
+            p.parent
+            for p in sorted(Path(root.shards_dir).glob("*/index.json"))
+            if read_index(p.parent).encoding == experiment.encoding
+        ]
         if not candidates:
             raise
         return candidates[0]
@@ -477,8 +533,9 @@ def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
-def stage_surfaces(data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50,
-                   tolerance: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def stage_surfaces(
+    data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The surfaces grounded characters stand on in the training games, per (stage, ground id):
     the least-squares line y = a + b*x in encoded units (stage_vocab, ground_vocab, 2), its x
     extent (same shape) and whether it is known: seen on at least ``min_frames`` grounded
@@ -493,7 +550,9 @@ def stage_surfaces(data: FrameData, max_rows: int = 2_000_000, min_frames: int =
     for game in data.games:
         if game.split != "train" or rows >= max_rows:
             continue
-        floats, ints = (array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard])
+        floats, ints = (
+            array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard]
+        )
         stage = np.asarray(ints[:, spec.stage_col], dtype=np.int64)
         for p in range(NUM_PLAYERS):
             ground = np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64)
@@ -525,8 +584,11 @@ def stage_surfaces(data: FrameData, max_rows: int = 2_000_000, min_frames: int =
             line[index], known[index] = coef, True
             # Quantiles, not the extremes: a few frames of a ledge or teeter action sit past the edge.
             extent[index] = np.quantile(x[on][inliers], [0.005, 0.995])
-    return (torch.tensor(line, dtype=torch.float32), torch.tensor(extent, dtype=torch.float32),
-            torch.tensor(known))
+    return (
+        torch.tensor(line, dtype=torch.float32),
+        torch.tensor(extent, dtype=torch.float32),
+        torch.tensor(known),
+    )
 
 
 def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -547,7 +609,9 @@ def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor
         same_int += (cats[1:] == cats[:-1]).sum(0)
         pairs += game.num_frames - 1
     pairs = max(pairs, 1)
-    return torch.tensor(same_binary / pairs, dtype=torch.float32), torch.tensor(same_int / pairs, dtype=torch.float32)
+    return torch.tensor(same_binary / pairs, dtype=torch.float32), torch.tensor(
+        same_int / pairs, dtype=torch.float32
+    )
 
 
 def train_run(
@@ -566,8 +630,10 @@ def train_run(
     experiment = apply_overrides(experiment, overrides)
     cfg = experiment.train
     if cfg.rollout_steps > 1 and loss_fn is not None:
-        raise ValueError(f"{experiment.name}: train.rollout_steps={cfg.rollout_steps} needs a world model "
-                         "(its predictions are fed back as frames); use 1 for this model")
+        raise ValueError(
+            f"{experiment.name}: train.rollout_steps={cfg.rollout_steps} needs a world model "
+            "(its predictions are fed back as frames); use 1 for this model"
+        )
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     spec = EncodingSpec(experiment.encoding)
@@ -575,8 +641,9 @@ def train_run(
 
     # 2. Data: encode what is missing, open the shards, build batch iterables.
     folder = ensure_shards(experiment, root, progress=progress)
-    data = FrameData.from_shards(folder, spec, mmap=cfg.loader == "memmap", max_games=cfg.max_games,
-                                 train_percent=cfg.train_percent)
+    data = FrameData.from_shards(
+        folder, spec, mmap=cfg.loader == "memmap", max_games=cfg.max_games, train_percent=cfg.train_percent
+    )
     train_md5s, val_md5s = data.md5s("train"), data.md5s("val")
     if not train_md5s or not val_md5s:
         raise ValueError(
@@ -584,11 +651,26 @@ def train_run(
             f"train_percent={cfg.train_percent}; both splits need a game (add games or change train.train_percent)"
         )
     batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
-    train_batches = make_batches(data, "train", batch_size=cfg.batch_size, shuffle=True,
-                                 max_batches=cfg.max_train_batches, horizon=cfg.rollout_steps, **batch_args)
-    val_batches = make_batches(data, "val", batch_size=cfg.val_batch_size or cfg.batch_size, shuffle=False,
-                               max_batches=cfg.max_val_batches, **batch_args)
-    std = typical_deltas(data, layout, cfg.continuous_loss).to(device) if cfg.continuous_loss != "mse" else None
+    train_batches = make_batches(
+        data,
+        "train",
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        max_batches=cfg.max_train_batches,
+        horizon=cfg.rollout_steps,
+        **batch_args,
+    )
+    val_batches = make_batches(
+        data,
+        "val",
+        batch_size=cfg.val_batch_size or cfg.batch_size,
+        shuffle=False,
+        max_batches=cfg.max_val_batches,
+        **batch_args,
+    )
+    std = (
+        typical_deltas(data, layout, cfg.continuous_loss).to(device) if cfg.continuous_loss != "mse" else None
+    )
 
     # 3. Model and optimizer, fresh or resumed.
     model = build_model(experiment.encoding, experiment.model).to(device)
@@ -598,21 +680,29 @@ def train_run(
     if resume:
         loaded = load_checkpoint(resume, device)
         if loaded.experiment.model != experiment.model or loaded.experiment.encoding != experiment.encoding:
-            raise ValueError(f"{resume}: its model or encoding config differs from experiment {experiment.name!r}")
+            raise ValueError(
+                f"{resume}: its model or encoding config differs from experiment {experiment.name!r}"
+            )
         model.load_state_dict(loaded.state["model_state"])
         optimizer.load_state_dict(loaded.state["optimizer_state"])
         start_epoch, start_step = loaded.epoch, loaded.step
         run_dir = Path(resume).parent
         previous = run_dir / "manifest.json"
         if previous.is_file():
-            all_epochs = [e for e in json.loads(previous.read_text())["all_epochs"] if e["epoch"] <= start_epoch]
+            all_epochs = [
+                e for e in json.loads(previous.read_text())["all_epochs"] if e["epoch"] <= start_epoch
+            ]
         run_id = run_dir.name
     else:
         if experiment.model.persistence_prior and hasattr(model, "calibrate_persistence"):
             model.calibrate_persistence(*(rate.to(device) for rate in persistence_rates(data, layout)))
         if experiment.model.normalized_dynamics and hasattr(model, "calibrate_dynamics"):
             mean, spread = float_statistics(data)
-            units = std if cfg.continuous_loss == "huber_normalized" else typical_deltas(data, layout, "huber_normalized").to(device)
+            units = (
+                std
+                if cfg.continuous_loss == "huber_normalized"
+                else typical_deltas(data, layout, "huber_normalized").to(device)
+            )
             model.calibrate_dynamics(mean.to(device), spread.to(device), units)
         if experiment.model.stage_surfaces and hasattr(model, "calibrate_surfaces"):
             model.calibrate_surfaces(*(part.to(device) for part in stage_surfaces(data)))
@@ -620,12 +710,19 @@ def train_run(
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if progress:
-        print(f"run {run_dir}: {count_parameters(model):,} parameters, device {device}, "
-              f"{len(train_md5s)} train / {len(val_md5s)} val games, "
-              f"{train_batches.num_windows:,} / {val_batches.num_windows:,} windows")
+        print(
+            f"run {run_dir}: {count_parameters(model):,} parameters, device {device}, "
+            f"{len(train_md5s)} train / {len(val_md5s)} val games, "
+            f"{train_batches.num_windows:,} / {val_batches.num_windows:,} windows"
+        )
         if data.anomalies:
-            print("encoding anomalies (field: kind=count): " + "; ".join(
-                f"{f}: " + ", ".join(f"{k}={v}" for k, v in kinds.items()) for f, kinds in sorted(data.anomalies.items())))
+            print(
+                "encoding anomalies (field: kind=count): "
+                + "; ".join(
+                    f"{f}: " + ", ".join(f"{k}={v}" for k, v in kinds.items())
+                    for f, kinds in sorted(data.anomalies.items())
+                )
+            )
 
     # 4. wandb: offline files under the run folder unless the user gave a key; off with --no-wandb.
     wandb_run = _start_wandb(experiment, run_dir, run_id) if cfg.wandb else None
@@ -656,9 +753,14 @@ def train_run(
     def on_epoch(record: dict[str, Any], opt: torch.optim.Optimizer) -> None:
         nonlocal best_loss
         all_epochs.append(record)
-        extra = dict(epoch=record["epoch"], step=record["step"], metrics=record["val"],
-                     data_fingerprint=data.data_fingerprint, run_id=run_id,
-                     delta_scale=std.cpu() if std is not None else None)
+        extra = dict(
+            epoch=record["epoch"],
+            step=record["step"],
+            metrics=record["val"],
+            data_fingerprint=data.data_fingerprint,
+            run_id=run_id,
+            delta_scale=std.cpu() if std is not None else None,
+        )
         save_checkpoint(final_path, model, opt, experiment, **extra)
         val_loss = record["val"].get("loss", math.inf)
         if val_loss < best_loss or not best_path.exists():
@@ -669,24 +771,47 @@ def train_run(
         manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _write_manifest(run_dir, manifest)
         if wandb_run is not None:
-            wandb_run.log({**{f"train/{k}": v for k, v in record["train"].items()},
-                           **{f"val/{k}": v for k, v in record["val"].items()},
-                           "epoch": record["epoch"], "lr": record["lr"], "samples_per_s": record["samples_per_s"]},
-                          step=record["step"])
+            wandb_run.log(
+                {
+                    **{f"train/{k}": v for k, v in record["train"].items()},
+                    **{f"val/{k}": v for k, v in record["val"].items()},
+                    "epoch": record["epoch"],
+                    "lr": record["lr"],
+                    "samples_per_s": record["samples_per_s"],
+                },
+                step=record["step"],
+            )
 
     # 5. Train.
     try:
-        fit(model, experiment, train_batches, val_batches, device=device, delta_scale=std, optimizer=optimizer,
-            start_epoch=start_epoch, start_step=start_step, on_epoch=on_epoch, progress=progress,
-            loss_fn=loss_fn, make_metrics=make_metrics)
+        fit(
+            model,
+            experiment,
+            train_batches,
+            val_batches,
+            device=device,
+            delta_scale=std,
+            optimizer=optimizer,
+            start_epoch=start_epoch,
+            start_step=start_step,
+            on_epoch=on_epoch,
+            progress=progress,
+            loss_fn=loss_fn,
+            make_metrics=make_metrics,
+        )
     finally:
         if wandb_run is not None:
             wandb_run.finish()
     if not all_epochs:
         raise ValueError(f"nothing to train: the checkpoint is at epoch {start_epoch} of {cfg.epochs}")
     last = all_epochs[-1]
-    return RunResult(run_dir=run_dir, manifest=manifest, best_checkpoint=best_path, final_checkpoint=final_path,
-                     metrics={**last["val"], "beats_persistence": last["beats_persistence"]})
+    return RunResult(
+        run_dir=run_dir,
+        manifest=manifest,
+        best_checkpoint=best_path,
+        final_checkpoint=final_path,
+        metrics={**last["val"], "beats_persistence": last["beats_persistence"]},
+    )
 
 
 def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -699,11 +824,18 @@ def _start_wandb(experiment: ExperimentConfig, run_dir: Path, run_id: str):
     try:
         import wandb
     except ImportError:
-        print("wandb is not installed here: logging to the run manifest only (pass --no-wandb to silence)",
-              file=sys.stderr)
+        print(
+            "wandb is not installed here: logging to the run manifest only (pass --no-wandb to silence)",
+            file=sys.stderr,
+        )
         return None
 
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(project=experiment.train.wandb_project, name=f"{experiment.name}/{run_id}", dir=str(run_dir),
-                      config=experiment.model_dump(), mode=mode, reinit="finish_previous")
-
+    return wandb.init(
+        project=experiment.train.wandb_project,
+        name=f"{experiment.name}/{run_id}",
+        dir=str(run_dir),
+        config=experiment.model_dump(),
+        mode=mode,
+        reinit="finish_previous",
+    )

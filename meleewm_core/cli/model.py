@@ -38,14 +38,21 @@ def run_encode(args: argparse.Namespace) -> int:
     root = DataRoot.from_env(args.data)
     try:
         experiment = load_experiment(args.config, {"train.max_games": args.max_games})
-        shard_set = encode_shards(root, experiment.encoding, max_games=experiment.train.max_games,
-                                  train_percent=experiment.train.train_percent, progress=not args.quiet)
+        shard_set = encode_shards(
+            root,
+            experiment.encoding,
+            max_games=experiment.train.max_games,
+            train_percent=experiment.train.train_percent,
+            progress=not args.quiet,
+        )
     except (ConfigError, EncodingError, ShardError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"shards: {shard_set.path}")
-    print(f"games: {shard_set.num_games} ({len(shard_set.train_md5s)} train, {len(shard_set.val_md5s)} val), "
-          f"frames: {shard_set.num_frames:,}, new this run: {shard_set.new_games} in {shard_set.seconds:.1f}s")
+    print(
+        f"games: {shard_set.num_games} ({len(shard_set.train_md5s)} train, {len(shard_set.val_md5s)} val), "
+        f"frames: {shard_set.num_frames:,}, new this run: {shard_set.new_games} in {shard_set.seconds:.1f}s"
+    )
     print(f"data fingerprint: {shard_set.data_fingerprint}")
     print(f"anomalies (mapped by rule, counted): {_format_anomalies(shard_set.anomalies)}")
     for md5, reason in sorted(shard_set.skipped.items()):
@@ -75,9 +82,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_help: str) ->
     parser.add_argument("--max-games", type=int, help="train on the first N games (by MD5)")
     parser.add_argument("--device", help="auto (default), cuda, mps or cpu")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any experiment field by its dotted key, read as YAML "
-                             "(repeatable), e.g. --set train.games=two_players --set model.dropout=0.3")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any experiment field by its dotted key, read as YAML "
+        "(repeatable), e.g. --set train.games=two_players --set model.dropout=0.3",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
 
 
@@ -92,13 +104,22 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         experiment = load_experiment(args.config, training_overrides(args))
         result = train_run(experiment, root, resume=args.resume, progress=not args.quiet)
-    except (ConfigError, EncodingError, ShardError, ShapeError, NonFiniteLossError, FileNotFoundError,
-            ValueError) as error:
+    except (
+        ConfigError,
+        EncodingError,
+        ShardError,
+        ShapeError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"run: {result.run_dir}")
     print(f"best: {result.best_checkpoint}  final: {result.final_checkpoint}")
-    headline = {k: result.metrics.get(k) for k in ("action_acc", "action_change_acc", "position_mae", "damage_mae")}
+    headline = {
+        k: result.metrics.get(k) for k in ("action_acc", "action_change_acc", "position_mae", "damage_mae")
+    }
     print("validation: " + json.dumps(headline))
     return 0
 
@@ -111,8 +132,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
     encode.set_defaults(run=run_encode)
 
-    train = subparsers.add_parser("train", help="train a world model from an experiment YAML",
-                                  epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = subparsers.add_parser(
+        "train",
+        help="train a world model from an experiment YAML",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_training_arguments(train, "experiment YAML under experiments/")
     train.add_argument("--resume", help="checkpoint to continue from (its epoch and step)")
     train.set_defaults(run=run_train)

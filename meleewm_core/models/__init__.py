@@ -50,10 +50,15 @@ def predicted_frame(
     """
     spec = layout.spec
     device = last_floats.device
-    floats = last_floats.float().index_add(1, cached_tensor(tuple(layout.continuous_cols), device),
-                                           outputs["continuous_delta"].float())
-    floats[:, cached_tensor(tuple(layout.binary_cols), device)] = (outputs["binary_logits"].detach() > 0).float()
-    floats[:, cached_tensor(tuple(spec.controller_cols), device)] = next_ctrl[:, : len(spec.controller_cols)].float()
+    floats = last_floats.float().index_add(
+        1, cached_tensor(tuple(layout.continuous_cols), device), outputs["continuous_delta"].float()
+    )
+    floats[:, cached_tensor(tuple(layout.binary_cols), device)] = (
+        outputs["binary_logits"].detach() > 0
+    ).float()
+    floats[:, cached_tensor(tuple(spec.controller_cols), device)] = next_ctrl[
+        :, : len(spec.controller_cols)
+    ].float()
     ints = last_ints.clone()
     for key, player, name, _ in layout.logit_heads:
         ints[:, layout.categorical_col(player, name)] = outputs[key].argmax(dim=-1).to(ints.dtype)

@@ -41,7 +41,10 @@ class FrameStackMLP(nn.Module):
         spec = self.spec
 
         self.embeddings = nn.ModuleDict(
-            {name: layers.Embedding(spec.vocab(name), spec.embed_dim(name)) for name in (*spec.categorical_fields, "stage")}
+            {
+                name: layers.Embedding(spec.vocab(name), spec.embed_dim(name))
+                for name in (*spec.categorical_fields, "stage")
+            }
         )
         # Both players' int columns of each categorical, gathered in one lookup.
         for name in spec.categorical_fields:
@@ -61,7 +64,9 @@ class FrameStackMLP(nn.Module):
         self.stage_surfaces = model.stage_surfaces
         if model.stage_surfaces:
             if "ground" not in self.layout.categoricals or not model.delta_gate:
-                raise ValueError("model.stage_surfaces needs heads: full_state (its ground head) and model.delta_gate")
+                raise ValueError(
+                    "model.stage_surfaces needs heads: full_state (its ground head) and model.delta_gate"
+                )
             input_dim += 2 * NUM_PLAYERS
             # Per (stage, ground id): the line's (a, b), its x extent, whether it is a known surface.
             # Empty until ``calibrate_surfaces`` measures the training data; saved with the weights.
@@ -75,8 +80,15 @@ class FrameStackMLP(nn.Module):
             # it only where the on_ground binary says so too.
             on_ground = self.layout.binary_cols.index(spec.float_col(0, "on_ground"))
             self.surface_players = [
-                (spec.float_col(p, "x"), spec.float_col(p, "y"), p * per_player + slots["x"], p * per_player + slots["y"],
-                 f"p{p}_ground_logits", p * spec.binary_dim + on_ground, spec.float_col(p, "on_ground"))
+                (
+                    spec.float_col(p, "x"),
+                    spec.float_col(p, "y"),
+                    p * per_player + slots["x"],
+                    p * per_player + slots["y"],
+                    f"p{p}_ground_logits",
+                    p * spec.binary_dim + on_ground,
+                    spec.float_col(p, "on_ground"),
+                )
                 for p in range(NUM_PLAYERS)
             ]
         self.trunk = nn.Sequential(
@@ -98,11 +110,15 @@ class FrameStackMLP(nn.Module):
         self.categorical_gate = model.categorical_gate
         if model.categorical_gate:
             if not model.persistence_prior:
-                raise ValueError("model.categorical_gate needs model.persistence_prior (its calibration picks the gated fields)")
+                raise ValueError(
+                    "model.categorical_gate needs model.persistence_prior (its calibration picks the gated fields)"
+                )
             self.head_sizes["categorical_change_logits"] = len(self.layout.logit_heads)
             # Which heads are mixtures: set by ``calibrate_persistence``, saved with the weights, and
             # mirrored as host-side indices so forward neither syncs nor mixes the other heads.
-            self.register_buffer("gated_categoricals", torch.zeros(len(self.layout.logit_heads), dtype=torch.bool))
+            self.register_buffer(
+                "gated_categoricals", torch.zeros(len(self.layout.logit_heads), dtype=torch.bool)
+            )
             self.mixture_heads: frozenset[int] = frozenset()
             self.register_load_state_dict_post_hook(lambda module, _keys: module._mirror_gated_categoricals())
         self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
@@ -111,13 +127,18 @@ class FrameStackMLP(nn.Module):
         self.motion_gate = model.motion_gate
         if model.motion_prior:
             if model.context_len < 2:
-                raise ValueError("model.motion_prior needs model.context_len >= 2 (a displacement needs two frames)")
+                raise ValueError(
+                    "model.motion_prior needs model.context_len >= 2 (a displacement needs two frames)"
+                )
             if model.motion_gate and not model.delta_gate:
-                raise ValueError("model.motion_gate needs model.delta_gate (the gate it lets close on x and y)")
+                raise ValueError(
+                    "model.motion_gate needs model.delta_gate (the gate it lets close on x and y)"
+                )
             slots = self.layout.position_slots
             self.register_buffer("motion_slots", torch.tensor(slots), persistent=False)
-            self.register_buffer("motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]),
-                                 persistent=False)
+            self.register_buffer(
+                "motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]), persistent=False
+            )
 
         self.persistence_prior = model.persistence_prior
         if model.persistence_prior:
@@ -131,8 +152,9 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("binary_cols", torch.tensor(self.layout.binary_cols), persistent=False)
 
     @torch.no_grad()
-    def calibrate_persistence(self, binary_rates: torch.Tensor, categorical_rates: torch.Tensor,
-                              min_rate: float = 0.99) -> None:
+    def calibrate_persistence(
+        self, binary_rates: torch.Tensor, categorical_rates: torch.Tensor, min_rate: float = 0.99
+    ) -> None:
         """Start each prior at the log-odds of "the value repeats" measured on the training data,
         so the untrained model is calibrated persistence for that field.
 
@@ -143,8 +165,11 @@ class FrameStackMLP(nn.Module):
         """
         p = binary_rates.clamp(0.5, 0.9999)
         self.binary_prior.copy_(torch.where(binary_rates >= min_rate, torch.log(p / (1 - p)), 0.0))
-        vocabs = torch.tensor([vocab for _, _, _, vocab in self.layout.logit_heads], dtype=torch.float32,
-                              device=categorical_rates.device)
+        vocabs = torch.tensor(
+            [vocab for _, _, _, vocab in self.layout.logit_heads],
+            dtype=torch.float32,
+            device=categorical_rates.device,
+        )
         q = torch.maximum(categorical_rates, 1 / vocabs).clamp(max=0.9999)
         prior = torch.log(q / (1 - q) * (vocabs - 1)).clamp(min=0.0)
         sticky = categorical_rates >= min_rate
@@ -170,7 +195,9 @@ class FrameStackMLP(nn.Module):
         raise KeyError(key)
 
     @torch.no_grad()
-    def calibrate_dynamics(self, float_mean: torch.Tensor, float_std: torch.Tensor, delta_scale: torch.Tensor) -> None:
+    def calibrate_dynamics(
+        self, float_mean: torch.Tensor, float_std: torch.Tensor, delta_scale: torch.Tensor
+    ) -> None:
         """Set the input standardisation and the delta units (``normalized_dynamics``) from the
         training data: per float column its mean and standard deviation, per predicted continuous
         field its typical frame-to-frame change."""
@@ -194,14 +221,21 @@ class FrameStackMLP(nn.Module):
         for x_col, y_col, *_ in self.surface_players:
             x, y = floats[:, x_col, None].float(), floats[:, y_col, None].float()
             height = line[..., 0] + line[..., 1] * x  # (B, G)
-            beneath = known & (x >= extent[..., 0]) & (x <= extent[..., 1]) & (height <= y + SURFACE_TOLERANCE * scale)
+            beneath = (
+                known
+                & (x >= extent[..., 0])
+                & (x <= extent[..., 1])
+                & (height <= y + SURFACE_TOLERANCE * scale)
+            )
             floor = torch.where(beneath, height, torch.finfo(height.dtype).min).amax(1)
             none = ~beneath.any(1)
             above = ((y[:, 0] - floor) / (HEIGHT_UNIT * scale)).clamp(0, HEIGHT_CAP)
             features += [torch.where(none, HEIGHT_CAP, above), none.float()]
         return torch.stack(features, dim=1)
 
-    def placed_on_surfaces(self, outputs: dict[str, torch.Tensor], last: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+    def placed_on_surfaces(
+        self, outputs: dict[str, torch.Tensor], last: torch.Tensor, stage: torch.Tensor
+    ) -> torch.Tensor:
         """The continuous deltas with each player whom the heads put on the ground of a known surface
         moved to that surface's height at the predicted x."""
         delta = outputs["continuous_delta"].float()
@@ -217,11 +251,19 @@ class FrameStackMLP(nn.Module):
             # Landing (from above, over the surface), or standing on the line already; a grounded
             # player off it (held in a grab or a throw) is the y head's.
             extent = self.surface_extent[stage, ground]
-            arriving = ((last[:, on_ground_col] < 0.5) & (on_surface <= tolerance)
-                        & (x_next >= extent[:, 0]) & (x_next <= extent[:, 1]))
+            arriving = (
+                (last[:, on_ground_col] < 0.5)
+                & (on_surface <= tolerance)
+                & (x_next >= extent[:, 0])
+                & (x_next <= extent[:, 1])
+            )
             standing = (line[:, 0] + line[:, 1] * x_last - y_last).abs() <= tolerance
-            placed = (self.surface_known[stage, ground] & (outputs["binary_logits"][:, on_ground] > 0) & near
-                      & (arriving | standing))
+            placed = (
+                self.surface_known[stage, ground]
+                & (outputs["binary_logits"][:, on_ground] > 0)
+                & near
+                & (arriving | standing)
+            )
             columns[y_slot] = torch.where(placed, on_surface, columns[y_slot])
         return torch.stack(columns, dim=1)
 
@@ -246,7 +288,9 @@ class FrameStackMLP(nn.Module):
         stage = self.embeddings["stage"](int_ctx[:, :, self.spec.stage_col])
         return torch.cat([float_ctx.to(players.dtype), players, stage], dim=-1)
 
-    def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, next_ctrl: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, next_ctrl: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         if self.normalized_dynamics:
             standard, changes = self.dynamics_inputs(float_ctx)
             frames = self.embed_frames(standard, int_ctx)
@@ -270,11 +314,15 @@ class FrameStackMLP(nn.Module):
                 bonus = self.categorical_prior[i].to(out.dtype).expand(len(last), 1)
                 outputs[key] = outputs[key].scatter_add(1, last[:, None], bonus)
                 if self.categorical_gate and i in self.mixture_heads:
-                    outputs[key] = keep_or_change(outputs[key], outputs["categorical_change_logits"][:, i], last)
+                    outputs[key] = keep_or_change(
+                        outputs[key], outputs["categorical_change_logits"][:, i], last
+                    )
         if self.motion_prior:
             # In float32: a bf16 sum would round the displacement to 3 significant digits.
             moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
-            outputs["continuous_delta"] = outputs["continuous_delta"].float().index_add(1, self.motion_slots, moved)
+            outputs["continuous_delta"] = (
+                outputs["continuous_delta"].float().index_add(1, self.motion_slots, moved)
+            )
         if self.delta_gate:
             # The raw delta is what the loss trains; the gated one is the prediction.
             outputs["continuous_delta_raw"] = outputs["continuous_delta"]
@@ -293,4 +341,3 @@ def keep_or_change(logits: torch.Tensor, change_logit: torch.Tensor, last: torch
     drawn = F.logsigmoid(change_logit.float())[:, None] + F.log_softmax(logits.float(), dim=1)
     kept = torch.logaddexp(F.logsigmoid(-change_logit.float()), drawn.gather(1, last[:, None]).squeeze(1))
     return drawn.scatter(1, last[:, None], kept[:, None])
-

@@ -28,7 +28,9 @@ def writable_root(tmp_path_factory, parsed_root: DataRoot, name: str) -> DataRoo
     return root
 
 
-def quick_experiment(name: str, *, model: dict | None = None, encoding: dict | None = None, **train) -> ExperimentConfig:
+def quick_experiment(
+    name: str, *, model: dict | None = None, encoding: dict | None = None, **train
+) -> ExperimentConfig:
     return ExperimentConfig(
         name=name,
         model={**SMALL_MODEL, **(model or {})},
@@ -44,7 +46,9 @@ def oracle(layout: HeadLayout):
         binary = batch.float_tgt[:, layout.binary_cols]
         outputs = {"continuous_delta": true_delta(batch, layout), "binary_logits": (binary * 2 - 1) * 30}
         for key, player, name, vocab in layout.logit_heads:
-            outputs[key] = F.one_hot(batch.int_tgt[:, layout.categorical_col(player, name)], vocab).float() * 30
+            outputs[key] = (
+                F.one_hot(batch.int_tgt[:, layout.categorical_col(player, name)], vocab).float() * 30
+            )
         return outputs
 
     return predict

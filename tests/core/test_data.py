@@ -76,7 +76,9 @@ def test_preflight_names_array_shapes_and_flags(press_shards):
     data = FrameData.from_shards(folder, spec, train_percent=50)
     batch = next(iter(ResidentBatches(data, "train", batch_size=8, context_len=K)))
     plain = EncodingSpec(EncodingConfig())
-    with pytest.raises(ShapeError, match=r"(?s)press_events=False.*next_ctrl: shape \(B, 42\), expected \(B, 26\)"):
+    with pytest.raises(
+        ShapeError, match=r"(?s)press_events=False.*next_ctrl: shape \(B, 42\), expected \(B, 26\)"
+    ):
         preflight(batch, plain, K)
 
 
@@ -92,7 +94,9 @@ def test_a_horizon_adds_the_following_frames_and_never_crosses_a_game(press_shar
     assert len(one_step) - len(targets) == (horizon - 1) * sum(g.split == "train" for g in data.games)
 
     floats = np.concatenate([f for f, _ in data.shards])
-    batch = next(iter(ResidentBatches(data, "train", batch_size=8, context_len=K, shuffle=False, horizon=horizon)))
+    batch = next(
+        iter(ResidentBatches(data, "train", batch_size=8, context_len=K, shuffle=False, horizon=horizon))
+    )
     t = int(targets[0])
     assert batch.horizon == horizon and batch.ahead_float.shape == (8, horizon - 1, spec.float_per_frame)
     assert torch.equal(batch.ahead_float[0], torch.from_numpy(floats[t + 1 : t + horizon]))

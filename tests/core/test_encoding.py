@@ -41,6 +41,7 @@ def test_real_game_matches_reference_definitions(parsed_root):
     assert encoded.floats.shape == (table.num_rows, 58) and encoded.floats.dtype == np.float32
 
     for player, port in enumerate(ports):
+
         def col(name: str, port: int = port) -> list:
             return table.column(f"ports.P{port}.leader.{name}").to_pylist()
 
@@ -58,7 +59,9 @@ def test_real_game_matches_reference_definitions(parsed_root):
         assert np.array_equal(encoded.floats[:, spec.float_col(player, "main_x")], main_x)
         bits = np.array(col("pre.buttons_physical"), dtype=np.uint16)
         for name, bit in zip(BUTTON_FIELDS, BUTTON_BITS, strict=True):
-            assert np.array_equal(encoded.floats[:, spec.float_col(player, name)], ((bits & bit) > 0).astype(np.float32))
+            assert np.array_equal(
+                encoded.floats[:, spec.float_col(player, name)], ((bits & bit) > 0).astype(np.float32)
+            )
         action = np.clip(np.array(col("post.state"), dtype=np.int64), 0, 399)
         assert np.array_equal(encoded.ints[:, spec.int_col(player, "action")], action)
     assert (encoded.ints[:, spec.stage_col] == stage).all()
@@ -70,7 +73,13 @@ def test_out_of_vocab_action_is_counted_not_hidden(tmp_path, replays):
     from meleewm_core.store import DataRoot
 
     root = DataRoot(tmp_path)
-    parse_paths([replays / "project-slippi__slippi-js/moveTest/id_23.slp"], root, source="t", workers=1, progress=False)
+    parse_paths(
+        [replays / "project-slippi__slippi-js/moveTest/id_23.slp"],
+        root,
+        source="t",
+        workers=1,
+        progress=False,
+    )
     md5 = next(root.games_dir.glob("*.parquet")).stem
     columns = _read_game(root, md5, (1, 2))
     raw = np.concatenate([columns[f"ports.P{p}.leader.post.state"].to_numpy() for p in (1, 2)])

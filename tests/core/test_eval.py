@@ -47,7 +47,14 @@ def report(v22_run, root):
 def test_report_has_every_section_with_consistent_shapes(report, v22_run):
     saved = json.loads((v22_run.run_dir / "eval" / "report.json").read_text())
     assert {"teacher_forced", "rollout", "subsystems", "plots"} <= set(saved)
-    for key in ("action_acc", "action_change_acc", "position_mae", "damage_mae", "field/shield_mae", "field/jumps_acc"):
+    for key in (
+        "action_acc",
+        "action_change_acc",
+        "position_mae",
+        "damage_mae",
+        "field/shield_mae",
+        "field/jumps_acc",
+    ):
         assert set(saved["teacher_forced"][key]) >= {"model", "persistence"}, key
     assert set(saved["teacher_forced"]["position_mae"]) == {"model", "persistence", "constant_velocity"}
 
@@ -91,14 +98,18 @@ def _world(run_dir) -> EvaluableRun:
 def test_oracle_scores_zero_error_and_persistence_equals_its_baseline(v22_run, root):
     run = _world(v22_run.run_dir)
     data = open_val_data(run, root)
-    batches = make_batches(data, "val", mode="memory", batch_size=2048, context_len=10, device="cpu", shuffle=False)
+    batches = make_batches(
+        data, "val", mode="memory", batch_size=2048, context_len=10, device="cpu", shuffle=False
+    )
 
     perfect, perfect_subsystems, _ = teacher_forced(oracle(run.layout), batches, run.layout, run.experiment)
     # v22 heads predict percent and action, so the oracle detects every damage hit and transition.
     assert perfect_subsystems["movement"]["metrics"]["position_mae"]["model"] == pytest.approx(0, abs=1e-4)
     assert perfect_subsystems["action_transitions"]["frames"] > 0
     assert perfect_subsystems["action_transitions"]["metrics"]["changed_acc"]["model"] == 1.0
-    assert perfect_subsystems["damage_knockback"]["metrics"]["percent_change_mae"]["model"] == pytest.approx(0, abs=1e-3)
+    assert perfect_subsystems["damage_knockback"]["metrics"]["percent_change_mae"]["model"] == pytest.approx(
+        0, abs=1e-3
+    )
     for key, entry in perfect.items():
         if key.endswith("_mae"):
             assert entry["model"] == pytest.approx(0, abs=1e-4), key
@@ -124,9 +135,13 @@ def test_oracle_scores_zero_error_and_persistence_equals_its_baseline(v22_run, r
 
 @pytest.mark.parametrize(
     ("encoding", "heads"),
-    [({}, "full_state"), ({"state_age_as_embed": True}, "v22"), ({"press_events": True}, "v22"),
-     ({"state_age_as_embed": True, "press_events": True}, "full_state"),
-     ({"state_age_as_embed": True, "press_events": True, "action_age_as_embed": True}, "full_state")],
+    [
+        ({}, "full_state"),
+        ({"state_age_as_embed": True}, "v22"),
+        ({"press_events": True}, "v22"),
+        ({"state_age_as_embed": True, "press_events": True}, "full_state"),
+        ({"state_age_as_embed": True, "press_events": True, "action_age_as_embed": True}, "full_state"),
+    ],
     ids=["full-state", "state-age-embed", "press-events", "all-flags", "action-age"],
 )
 def test_rollout_runs_with_each_encoding_flag(root, encoding, heads):
@@ -152,7 +167,9 @@ def test_rollout_runs_with_each_encoding_flag(root, encoding, heads):
 
 
 def test_cli_eval_prints_headline_and_writes_report(v22_run, root, capsys):
-    code = main(["eval", str(v22_run.run_dir), "--data", str(root.root), "--steps", "10", "--starts", "4", "--quiet"])
+    code = main(
+        ["eval", str(v22_run.run_dir), "--data", str(root.root), "--steps", "10", "--starts", "4", "--quiet"]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rollout step 10" in out and "persistence" in out

@@ -28,7 +28,10 @@ def test_v22_defaults_have_exactly_the_reference_parameter_count():
     assert count_parameters(build_model(EncodingConfig(), ModelConfig())) == 1_304_182
 
 
-@pytest.mark.parametrize(("state_age", "press", "heads"), list(itertools.product([False, True], [False, True], ["v22", "full_state"])))
+@pytest.mark.parametrize(
+    ("state_age", "press", "heads"),
+    list(itertools.product([False, True], [False, True], ["v22", "full_state"])),
+)
 def test_every_flag_combination_has_its_documented_size_and_agreeing_shapes(state_age, press, heads):
     encoding = EncodingConfig(state_age_as_embed=state_age, press_events=press)
     model = build_model(encoding, ModelConfig(heads=heads))
@@ -37,7 +40,9 @@ def test_every_flag_combination_has_its_documented_size_and_agreeing_shapes(stat
     spec = EncodingSpec(encoding)
     batch = 4
     ints = torch.zeros(batch, 10, spec.int_per_frame, dtype=torch.long)
-    outputs = model(torch.rand(batch, 10, spec.float_per_frame), ints, torch.rand(batch, spec.ctrl_conditioning_dim))
+    outputs = model(
+        torch.rand(batch, 10, spec.float_per_frame), ints, torch.rand(batch, spec.ctrl_conditioning_dim)
+    )
     layout = model.layout
     assert outputs["continuous_delta"].shape == (batch, len(layout.continuous_cols))
     assert outputs["binary_logits"].shape == (batch, 6)
@@ -63,7 +68,9 @@ def test_next_frame_feeds_a_rollout_with_predicted_and_carried_fields():
     assert torch.equal(ints[:, spec.int_col(1, "action")], outputs["p1_action_logits"].argmax(-1))
     assert torch.equal(ints[:, spec.stage_col], int_ctx[:, -1, spec.stage_col])
     # The next step accepts it as context.
-    model(torch.cat([float_ctx[:, 1:], floats[:, None]], 1), torch.cat([int_ctx[:, 1:], ints[:, None]], 1), ctrl)
+    model(
+        torch.cat([float_ctx[:, 1:], floats[:, None]], 1), torch.cat([int_ctx[:, 1:], ints[:, None]], 1), ctrl
+    )
 
 
 def test_unknown_model_name_lists_the_registry():
@@ -75,7 +82,9 @@ def test_unknown_model_name_lists_the_registry():
 def test_persistence_prior_starts_at_repeat_the_last_frame_and_gate_zeroes_unchanged_fields():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
-    model = build_model(encoding, ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True)).eval()
+    model = build_model(
+        encoding, ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True)
+    ).eval()
     float_ctx = torch.rand(8, 10, spec.float_per_frame)
     binary_cols = model.layout.binary_cols
     float_ctx[:, :, binary_cols] = float_ctx[:, :, binary_cols].round()
@@ -135,13 +144,16 @@ def test_pooled_dropout_drops_the_right_share_keeps_the_mean_and_changes_every_s
 
 def test_untrained_motion_prior_moves_like_constant_velocity_and_gates_never_stop_it():
     encoding = EncodingConfig()
-    model = build_model(encoding, ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True,
-                                              motion_prior=True)).eval()
+    model = build_model(
+        encoding, ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True)
+    ).eval()
     spec = EncodingSpec(encoding)
     float_ctx = torch.rand(6, 10, spec.float_per_frame)
     ints = torch.zeros(6, 10, spec.int_per_frame, dtype=torch.long)
     outputs = model(float_ctx, ints, torch.rand(6, spec.ctrl_conditioning_dim))
-    floats, _ = next_frame(outputs, float_ctx[:, -1], ints[:, -1], torch.rand(6, spec.ctrl_conditioning_dim), model.layout)
+    floats, _ = next_frame(
+        outputs, float_ctx[:, -1], ints[:, -1], torch.rand(6, spec.ctrl_conditioning_dim), model.layout
+    )
     for player in range(2):
         for name in ("x", "y"):
             col = spec.float_col(player, name)
@@ -156,13 +168,22 @@ def test_untrained_motion_prior_moves_like_constant_velocity_and_gates_never_sto
 
 def test_normalized_dynamics_standardises_inputs_and_scales_deltas_and_its_units_travel_with_the_weights():
     encoding = EncodingConfig(state_age_as_embed=True, press_events=True, action_age_as_embed=True)
-    config = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True,
-                         normalized_dynamics=True)
+    config = ModelConfig(
+        heads="full_state",
+        persistence_prior=True,
+        delta_gate=True,
+        motion_prior=True,
+        normalized_dynamics=True,
+    )
     model = build_model(encoding, config).eval()
     plain = build_model(encoding, config.model_copy(update={"normalized_dynamics": False}))
     num_deltas = len(model.layout.continuous_cols)
     # The only new weights: the first layer's columns for (K-1) steps of each predicted field's change.
-    assert count_parameters(model) - count_parameters(plain) == 9 * num_deltas * config.hidden_dim == 1_767_968 - 1_657_376
+    assert (
+        count_parameters(model) - count_parameters(plain)
+        == 9 * num_deltas * config.hidden_dim
+        == 1_767_968 - 1_657_376
+    )
 
     spec = EncodingSpec(encoding)
     mean, std = torch.rand(spec.float_per_frame) * 10, torch.rand(spec.float_per_frame) * 5
@@ -176,7 +197,9 @@ def test_normalized_dynamics_standardises_inputs_and_scales_deltas_and_its_units
     torch.testing.assert_close(standard[1:], expected.clamp(-20, 20))
     assert standard[0, -1, 1] == 20 and standard[:, :, 0].abs().max() <= 20
     tracked = float_ctx[:, :, model.layout.continuous_cols]
-    torch.testing.assert_close(changes.view(3, 9, num_deltas), ((tracked[:, 1:] - tracked[:, :-1]) / scale).clamp(-20, 20))
+    torch.testing.assert_close(
+        changes.view(3, 9, num_deltas), ((tracked[:, 1:] - tracked[:, :-1]) / scale).clamp(-20, 20)
+    )
 
     # The heads answer in typical-change units: a bias of 1 on a (gate-closed) field moves it by its scale.
     ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
@@ -191,7 +214,9 @@ def test_normalized_dynamics_standardises_inputs_and_scales_deltas_and_its_units
     reloaded = build_model(encoding, config).eval()
     reloaded.load_state_dict(model.state_dict())
     assert torch.equal(reloaded.float_std, std.clamp(min=1e-2)) and torch.equal(reloaded.delta_scale, scale)
-    torch.testing.assert_close(reloaded(float_ctx, ints, ctrl)["continuous_delta"], model(float_ctx, ints, ctrl)["continuous_delta"])
+    torch.testing.assert_close(
+        reloaded(float_ctx, ints, ctrl)["continuous_delta"], model(float_ctx, ints, ctrl)["continuous_delta"]
+    )
 
 
 def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_would_move_it():
@@ -204,8 +229,8 @@ def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_woul
     layout = gated.layout
     slots = layout.position_slots
     with torch.no_grad():
-        gated.heads.weight[-len(layout.continuous_cols):] = 0.0
-        gate_bias = gated.heads.bias[-len(layout.continuous_cols):]
+        gated.heads.weight[-len(layout.continuous_cols) :] = 0.0
+        gate_bias = gated.heads.bias[-len(layout.continuous_cols) :]
         gate_bias[:] = -5.0
         gate_bias[slots[0]] = 5.0  # player 0's x is said to move, every other field to stay
     float_ctx = torch.rand(4, 10, spec.float_per_frame)
@@ -215,7 +240,9 @@ def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_woul
     held = gated(float_ctx, ints, ctrl)["continuous_delta"]
     torch.testing.assert_close(held[:, slots[0]], moved[:, slots[0]])
     assert torch.equal(held[:, slots[1:]], torch.zeros(4, len(slots) - 1))
-    torch.testing.assert_close(always_open(float_ctx, ints, ctrl)["continuous_delta"][:, slots], moved[:, slots])
+    torch.testing.assert_close(
+        always_open(float_ctx, ints, ctrl)["continuous_delta"][:, slots], moved[:, slots]
+    )
 
     with pytest.raises(ValueError, match="motion_gate needs model.delta_gate"):
         build_model(encoding, ModelConfig(motion_prior=True, motion_gate=True))
@@ -225,7 +252,10 @@ def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_chan
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
     config = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True)
-    models = {gate: build_model(encoding, config.model_copy(update={"categorical_gate": gate})).eval() for gate in (False, True)}
+    models = {
+        gate: build_model(encoding, config.model_copy(update={"categorical_gate": gate})).eval()
+        for gate in (False, True)
+    }
     shared = models[True].state_dict()
     rows = models[False].heads.bias.shape[0]
     shared["heads.weight"], shared["heads.bias"] = shared["heads.weight"][:rows], shared["heads.bias"][:rows]
@@ -248,8 +278,12 @@ def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_chan
         outputs = model(float_ctx, int_ctx, ctrl)
         predicted[gate] = outputs["p0_character_logits"].argmax(1)
         if gate:
-            torch.testing.assert_close(outputs["p0_character_logits"].logsumexp(1), torch.zeros(3), atol=1e-5, rtol=0)
-            assert models[True].gated_categoricals.tolist() == [name == "character" for _, _, name, _ in heads]
+            torch.testing.assert_close(
+                outputs["p0_character_logits"].logsumexp(1), torch.zeros(3), atol=1e-5, rtol=0
+            )
+            assert models[True].gated_categoricals.tolist() == [
+                name == "character" for _, _, name, _ in heads
+            ]
             # Fields the calibration left ungated (action changes on 10% of frames) keep plain logits.
             plain = models[False](float_ctx, int_ctx, ctrl)["p0_action_logits"]
             torch.testing.assert_close(outputs["p0_action_logits"].float(), plain.float())
@@ -269,7 +303,10 @@ def test_stage_surfaces_place_a_grounded_player_on_the_line_and_feed_the_height_
     assert count_parameters(model) - count_parameters(plain) == 4 * config.hidden_dim
 
     stage, ground = 3, 2
-    line, extent = torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2), torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2)
+    line, extent = (
+        torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2),
+        torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2),
+    )
     known = torch.zeros(spec.vocab("stage"), spec.vocab("ground"), dtype=torch.bool)
     line[stage, ground] = torch.tensor([1.0, 0.1])  # encoded units: y = 1 + 0.1 x
     extent[stage, ground] = torch.tensor([-2.0, 2.0])
@@ -280,7 +317,14 @@ def test_stage_surfaces_place_a_grounded_player_on_the_line_and_feed_the_height_
     # Player 0 (x, y, on the ground last frame), the surface at 1.05 under x = 0.5: landing from 2
     # game units above; 18 units above; coming up from 2 units below; past the surface's end;
     # standing on it; grounded 2 units above it (held in a throw).
-    rows = [(0.5, 1.15, 0.0), (0.5, 1.95, 0.0), (0.5, 0.95, 0.0), (5.0, 1.6, 0.0), (0.5, 1.05, 1.0), (0.5, 1.15, 1.0)]
+    rows = [
+        (0.5, 1.15, 0.0),
+        (0.5, 1.95, 0.0),
+        (0.5, 0.95, 0.0),
+        (5.0, 1.6, 0.0),
+        (0.5, 1.05, 1.0),
+        (0.5, 1.15, 1.0),
+    ]
     float_ctx = torch.zeros(len(rows), 10, spec.float_per_frame)
     for i, (px, py, grounded) in enumerate(rows):
         float_ctx[i, :, x], float_ctx[i, :, y] = px, py

@@ -38,7 +38,9 @@ def root(tmp_path_factory, parsed_root):
 
 @pytest.fixture(scope="module")
 def policy_run(root):
-    return train_policy_run(quick_experiment("policy-test", model={"name": POLICY_MODEL_NAME}), root, progress=False)
+    return train_policy_run(
+        quick_experiment("policy-test", model={"name": POLICY_MODEL_NAME}), root, progress=False
+    )
 
 
 def test_policy_run_has_the_world_model_run_layout(policy_run):
@@ -77,9 +79,15 @@ class CopyPrevious(nn.Module):
     def forward(self, float_ctx, int_ctx, next_ctrl=None):
         last = float_ctx[:, -1]
         buttons = last[:, self.spec.button_cols]
-        change_logits = torch.nn.functional.one_hot(torch.full((len(last), 10), NO_CHANGE), NUM_BINS).float() * 30
-        return {"analog_delta": torch.zeros(len(last), 10), "change_logits": change_logits,
-                "bin_values": torch.zeros(10, NUM_BINS), "button_logits": (buttons * 2 - 1) * 30}
+        change_logits = (
+            torch.nn.functional.one_hot(torch.full((len(last), 10), NO_CHANGE), NUM_BINS).float() * 30
+        )
+        return {
+            "analog_delta": torch.zeros(len(last), 10),
+            "change_logits": change_logits,
+            "bin_values": torch.zeros(10, NUM_BINS),
+            "button_logits": (buttons * 2 - 1) * 30,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +95,9 @@ def val_batches(root):
     experiment = quick_experiment("policy-copy", model={"name": POLICY_MODEL_NAME})
     spec = EncodingSpec(experiment.encoding)
     data = FrameData.from_shards(ensure_shards(experiment, root, progress=False), spec, train_percent=70)
-    return experiment, list(make_batches(data, "val", mode="memory", batch_size=2048, context_len=10, device="cpu",
-                                         shuffle=False))
+    return experiment, list(
+        make_batches(data, "val", mode="memory", batch_size=2048, context_len=10, device="cpu", shuffle=False)
+    )
 
 
 def test_copy_previous_policy_equals_the_baseline(val_batches):
@@ -123,8 +132,12 @@ def oracle_share_scores(batches, experiment, share: float) -> dict[str, float]:
         probs.scatter_add_(2, bins[..., None], torch.full((len(bins), 10, 1), share))
         logits = probs.clamp(min=1e-9).log()
         buttons = batch.float_ctx[:, -1, spec.button_cols]
-        outputs = {"analog_delta": model.median_change(logits), "change_logits": logits,
-                   "bin_values": model.bin_values, "button_logits": (buttons * 2 - 1) * 30}
+        outputs = {
+            "analog_delta": model.median_change(logits),
+            "change_logits": logits,
+            "bin_values": model.bin_values,
+            "button_logits": (buttons * 2 - 1) * 30,
+        }
         loss, parts = policy_loss(outputs, batch, spec, experiment.train.loss_weights)
         metrics.update(outputs, batch, loss, parts)
     return metrics.result()
@@ -148,6 +161,8 @@ def test_policy_experiment_file_validates():
 
 
 def test_train_policy_rejects_a_world_model_config(root, capsys):
-    code = main(["train-policy", "--config", "experiments/baseline-v22.yaml", "--data", str(root.root), "--quiet"])
+    code = main(
+        ["train-policy", "--config", "experiments/baseline-v22.yaml", "--data", str(root.root), "--quiet"]
+    )
     assert code == 1
     assert "imitation_policy_mlp" in capsys.readouterr().err

@@ -63,7 +63,10 @@ def test_shape_check_names_file_shapes_and_flags(tmp_path, parsed_root):
     shutil.copytree(parsed_root.root, root.root)
     shard_set = encode_shards(root, EncodingConfig(), progress=False)
     index = read_index(shard_set.path)
-    with pytest.raises(ShardError, match=r"shard-00000\.floats\.npy: shape \(\d+, 58\).*expected \(\d+, 56\).*state_age_as_embed=True"):
+    with pytest.raises(
+        ShardError,
+        match=r"shard-00000\.floats\.npy: shape \(\d+, 58\).*expected \(\d+, 56\).*state_age_as_embed=True",
+    ):
         check_shard_shapes(shard_set.path, index, EncodingSpec(EncodingConfig(state_age_as_embed=True)))
 
 
@@ -98,6 +101,8 @@ def test_large_encodes_split_into_bounded_shards_that_stream(tmp_path, parsed_ro
     assert all(g.offset < 20_000 for g in index.games)
     data = FrameData.from_shards(shard_set.path, EncodingSpec(EncodingConfig()), mmap=True, train_percent=50)
     batches = MemmapBatches(data, "train", batch_size=256, context_len=10)
-    assert sum(len(b.float_tgt) for b in batches) == batches.num_windows == sum(
-        g.num_frames - 10 for g in data.games if g.split == "train"
+    assert (
+        sum(len(b.float_tgt) for b in batches)
+        == batches.num_windows
+        == sum(g.num_frames - 10 for g in data.games if g.split == "train")
     )

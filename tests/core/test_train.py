@@ -21,7 +21,9 @@ from meleewm_core.store import DataRoot
 from meleewm_core.train import NonFiniteLossError, fit, load_checkpoint, train_run
 
 # Six games; with 50% of MD5s in training both splits hold games (90% would leave validation empty).
-QUICK = TrainConfig(epochs=1, batch_size=64, max_train_batches=3, max_val_batches=2, wandb=False, train_percent=50)
+QUICK = TrainConfig(
+    epochs=1, batch_size=64, max_train_batches=3, max_val_batches=2, wandb=False, train_percent=50
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,14 @@ def experiment(name="quick", train=QUICK, **sections) -> ExperimentConfig:
     return ExperimentConfig(name=name, train=train, **sections)
 
 
-@pytest.mark.parametrize(("state_age", "press", "heads"), list(itertools.product([False, True], [False, True], ["v22", "full_state"])))
+@pytest.mark.parametrize(
+    ("state_age", "press", "heads"),
+    list(itertools.product([False, True], [False, True], ["v22", "full_state"])),
+)
 def test_every_flag_combination_trains_one_short_epoch(root, state_age, press, heads):
     exp = experiment(
-        encoding=EncodingConfig(state_age_as_embed=state_age, press_events=press), model=ModelConfig(heads=heads)
+        encoding=EncodingConfig(state_age_as_embed=state_age, press_events=press),
+        model=ModelConfig(heads=heads),
     )
     result = train_run(exp, root, progress=False)
     assert result.best_checkpoint.is_file() and result.final_checkpoint.is_file()
@@ -76,7 +82,9 @@ def test_planted_nan_stops_the_run_naming_epoch_batch_and_field(root):
     train = ResidentBatches(data, "train", batch_size=32, context_len=10, shuffle=False)
     val = ResidentBatches(data, "val", batch_size=32, context_len=10, shuffle=False, max_batches=1)
     model = build_model(exp.encoding, exp.model)
-    with pytest.raises(NonFiniteLossError, match=rf"epoch 1, batch {expected_batch}: non-finite inputs: .*p0\.x"):
+    with pytest.raises(
+        NonFiniteLossError, match=rf"epoch 1, batch {expected_batch}: non-finite inputs: .*p0\.x"
+    ):
         fit(model, exp, train, val, device=torch.device("cpu"), progress=False)
 
 
@@ -84,11 +92,25 @@ def test_run_manifest_fields_and_offline_wandb_files(root, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result = train_run(experiment("manifest", train=QUICK.model_copy(update={"wandb": True})), root, progress=False,
-                       dagster_run_id="dagster-123")
+    result = train_run(
+        experiment("manifest", train=QUICK.model_copy(update={"wandb": True})),
+        root,
+        progress=False,
+        dagster_run_id="dagster-123",
+    )
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
-    for key in ("num_params", "data_fingerprint", "game_md5s", "config", "encoding", "git_commit", "machine",
-                "all_epochs", "dagster_run_id", "wandb_run_id"):
+    for key in (
+        "num_params",
+        "data_fingerprint",
+        "game_md5s",
+        "config",
+        "encoding",
+        "git_commit",
+        "machine",
+        "all_epochs",
+        "dagster_run_id",
+        "wandb_run_id",
+    ):
         assert key in manifest, key
     assert manifest["num_params"] == 1_304_182 and manifest["dagster_run_id"] == "dagster-123"
     md5s = manifest["game_md5s"]["train"] + manifest["game_md5s"]["val"]
@@ -113,10 +135,24 @@ def test_fit_accepts_any_iterable_of_batches_and_preflights_it():
         return Batch(floats[:, :10], ints[:, :10], torch.rand(n, ctrl_dim), floats[:, 10], ints[:, 10])
 
     model = build_model(exp.encoding, exp.model)
-    records = fit(model, exp, [synthetic(16) for _ in range(3)], [synthetic(16)], device=torch.device("cpu"), progress=False)
+    records = fit(
+        model,
+        exp,
+        [synthetic(16) for _ in range(3)],
+        [synthetic(16)],
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert records[0]["epoch"] == 1 and records[0]["step"] == 3 and math.isfinite(records[0]["val"]["loss"])
     with pytest.raises(ShapeError, match=r"next_ctrl: shape \(B, 42\), expected \(B, 26\)"):
-        fit(model, exp, [synthetic(16, ctrl_dim=42)], [synthetic(16)], device=torch.device("cpu"), progress=False)
+        fit(
+            model,
+            exp,
+            [synthetic(16, ctrl_dim=42)],
+            [synthetic(16)],
+            device=torch.device("cpu"),
+            progress=False,
+        )
 
 
 def test_experiment_files_load_and_the_full_state_experiment_trains(root):
@@ -127,10 +163,14 @@ def test_experiment_files_load_and_the_full_state_experiment_trains(root):
 
     folder = Path(__file__).resolve().parents[2] / "experiments"
     names = {p.stem: load_experiment(p) for p in folder.glob("*.yaml")}
-    assert {"baseline-v22", "exp-1a-state-age-embed", "exp-2a-press-events", "exp-3a-full-state"} <= set(names)
+    assert {"baseline-v22", "exp-1a-state-age-embed", "exp-2a-press-events", "exp-3a-full-state"} <= set(
+        names
+    )
     assert names["baseline-v22"].encoding == EncodingConfig() and names["baseline-v22"].model == ModelConfig()
 
-    quick = {f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()}
+    quick = {
+        f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
+    }
     full_state = apply_overrides(names["exp-3a-full-state"], quick)
     result = train_run(full_state, root, progress=False)
     assert result.run_dir.parent.name == "exp-3a-full-state"
@@ -148,8 +188,20 @@ def first_rollout_batch(exp: ExperimentConfig, root: DataRoot):
 
     spec = EncodingSpec(exp.encoding)
     data = FrameData.from_shards(ensure_shards(exp, root, progress=False), spec, train_percent=50)
-    batch = next(iter(make_batches(data, "train", mode="memory", batch_size=32, context_len=10, device="cpu",
-                                   shuffle=False, horizon=3)))
+    batch = next(
+        iter(
+            make_batches(
+                data,
+                "train",
+                mode="memory",
+                batch_size=32,
+                context_len=10,
+                device="cpu",
+                shuffle=False,
+                horizon=3,
+            )
+        )
+    )
     return head_layout(spec, exp.model.heads), data, batch
 
 
@@ -180,8 +232,21 @@ def test_rollout_training_feeds_predictions_back_with_their_gradient(root):
 def test_train_command_takes_dotted_overrides_and_names_a_bad_one(root, capsys):
     from meleewm_core.cli import main
 
-    common = ["train", "--config", "experiments/exp-6a-motion-prior.yaml", "--data", str(root.root), "--no-wandb",
-              "--quiet", "--epochs", "1", "--set", "train.train_percent=50", "--set", "train.max_val_batches=1"]
+    common = [
+        "train",
+        "--config",
+        "experiments/exp-6a-motion-prior.yaml",
+        "--data",
+        str(root.root),
+        "--no-wandb",
+        "--quiet",
+        "--epochs",
+        "1",
+        "--set",
+        "train.train_percent=50",
+        "--set",
+        "train.max_val_batches=1",
+    ]
     assert main([*common, "--set", "train.max_train_batches=2", "--set", "train.rollout_steps=2"]) == 0
     run_dir = capsys.readouterr().out.split("run: ")[1].split()[0]
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
@@ -194,14 +259,24 @@ def test_train_command_takes_dotted_overrides_and_names_a_bad_one(root, capsys):
     assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
-def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dynamics_calibrate_from_training(root):
+def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dynamics_calibrate_from_training(
+    root,
+):
     from meleewm_core.metrics import position_loss
     from meleewm_core.train import _default_loss, float_statistics, rollout_loss, typical_deltas
 
-    model_cfg = ModelConfig(heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True,
-                            normalized_dynamics=True)
-    exp = experiment("normalized", model=model_cfg,
-                     train=QUICK.model_copy(update={"rollout_steps": 3, "rollout_loss": "position"}))
+    model_cfg = ModelConfig(
+        heads="full_state",
+        persistence_prior=True,
+        delta_gate=True,
+        motion_prior=True,
+        normalized_dynamics=True,
+    )
+    exp = experiment(
+        "normalized",
+        model=model_cfg,
+        train=QUICK.model_copy(update={"rollout_steps": 3, "rollout_loss": "position"}),
+    )
     spec = EncodingSpec(exp.encoding)
     layout, data, batch = first_rollout_batch(exp, root)
     model = build_model(exp.encoding, model_cfg).eval()
@@ -218,12 +293,20 @@ def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dyna
     assert grad[:, layout.position_slots].abs().sum() > 0
 
     result = train_run(exp, root, progress=False)
-    assert "loss/rollout_position" in result.manifest["all_epochs"][-1]["train"] and math.isfinite(result.metrics["loss"])
+    assert "loss/rollout_position" in result.manifest["all_epochs"][-1]["train"] and math.isfinite(
+        result.metrics["loss"]
+    )
     loaded = load_checkpoint(result.best_checkpoint)
     mean, std = float_statistics(data)
     x = spec.float_col(0, "x")
-    assert std[x] > 1 and torch.allclose(loaded.model.float_mean, mean) and torch.allclose(loaded.model.float_std, std.clamp(min=1e-2))
-    assert loaded.model.delta_scale.min() > 0 and not torch.equal(loaded.model.delta_scale, torch.ones_like(loaded.model.delta_scale))
+    assert (
+        std[x] > 1
+        and torch.allclose(loaded.model.float_mean, mean)
+        and torch.allclose(loaded.model.float_std, std.clamp(min=1e-2))
+    )
+    assert loaded.model.delta_scale.min() > 0 and not torch.equal(
+        loaded.model.delta_scale, torch.ones_like(loaded.model.delta_scale)
+    )
 
 
 def test_stage_surfaces_are_measured_from_the_grounded_training_frames_and_travel_with_the_checkpoint(root):
@@ -239,12 +322,16 @@ def test_stage_surfaces_are_measured_from_the_grounded_training_frames_and_trave
     for game in data.games:
         if game.split != "train":
             continue
-        floats, ints = (array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard])
+        floats, ints = (
+            array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard]
+        )
         stage = torch.as_tensor(np.asarray(ints[:, spec.stage_col], dtype=np.int64))
         for p in range(2):
             ground = torch.as_tensor(np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64))
             x, y = (torch.as_tensor(np.asarray(floats[:, spec.float_col(p, name)])) for name in ("x", "y"))
-            on = known[stage, ground] & torch.as_tensor(np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5)
+            on = known[stage, ground] & torch.as_tensor(
+                np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5
+            )
             height = line[stage, ground, 0] + line[stage, ground, 1] * x
             off = (y - height)[on].abs() / spec.scale("y")
             assert off.numel() == 0 or off.quantile(0.95) <= 0.1

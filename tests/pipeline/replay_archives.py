@@ -26,7 +26,6 @@ DUPLICATED = ARCHIVE_A_GAMES[0]
 ESCAPE_ENTRY = "../../escape.slp"
 
 
-
 @dataclass(frozen=True)
 class ServedArchives:
     folder: Path
