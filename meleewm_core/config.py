@@ -129,12 +129,6 @@ class ModelConfig(StrictModel):
     # by the heads' small departures, which add up over a rollout (exp-7b: 6.5 units of y error
     # after 60 frames on windows where the real y never changed).
     motion_gate: bool = False
-    # With motion_prior and delta_gate: the change gate may stop the x of a player the heads call
-    # grounded (on_ground), nowhere else. A standing character then stops drifting (exp-7d: 4.4
-    # units of x after 60 frames where persistence, standing still, is 1.2) while motion in the
-    # air keeps the always-open constant-velocity prior that rollout training relies on (the full
-    # motion_gate cost exp-7b and exp-7d 1-1.5 units at step 60).
-    ground_motion_gate: bool = False
     # Inputs and delta outputs in units the optimizer can move: each float input standardised by
     # its training mean and spread, each context step's change of every predicted continuous field
     # added as an input, and the deltas predicted in units of that field's typical change (all

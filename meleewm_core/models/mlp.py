@@ -139,19 +139,6 @@ class FrameStackMLP(nn.Module):
             self.register_buffer(
                 "motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]), persistent=False
             )
-        self.ground_motion_gate = model.ground_motion_gate
-        if model.ground_motion_gate:
-            if not (model.motion_prior and model.delta_gate) or model.motion_gate:
-                raise ValueError(
-                    "model.ground_motion_gate needs model.motion_prior and model.delta_gate, "
-                    "and not model.motion_gate (which already gates x everywhere)"
-                )
-            x_slots = [self.layout.continuous_cols.index(spec.float_col(p, "x")) for p in range(NUM_PLAYERS)]
-            on_ground = [
-                self.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in range(NUM_PLAYERS)
-            ]
-            self.register_buffer("ground_x_slots", torch.tensor(x_slots), persistent=False)
-            self.register_buffer("on_ground_logits", torch.tensor(on_ground), persistent=False)
 
         self.persistence_prior = model.persistence_prior
         if model.persistence_prior:
@@ -341,12 +328,7 @@ class FrameStackMLP(nn.Module):
             outputs["continuous_delta_raw"] = outputs["continuous_delta"]
             changes = outputs["continuous_change_logits"] > 0
             if self.motion_prior and not self.motion_gate:
-                opened = changes.index_fill(1, self.motion_slots, True)
-                if self.ground_motion_gate:
-                    airborne = outputs["binary_logits"].index_select(1, self.on_ground_logits) <= 0
-                    x_moves = changes.index_select(1, self.ground_x_slots) | airborne
-                    opened = opened.index_copy(1, self.ground_x_slots, x_moves)
-                changes = opened
+                changes = changes.index_fill(1, self.motion_slots, True)
             outputs["continuous_delta"] = outputs["continuous_delta"] * changes
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)

@@ -248,36 +248,6 @@ def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_woul
         build_model(encoding, ModelConfig(motion_prior=True, motion_gate=True))
 
 
-def test_ground_motion_gate_holds_the_x_of_a_grounded_player_only():
-    encoding = EncodingConfig()
-    spec = EncodingSpec(encoding)
-    config = ModelConfig(heads="full_state", delta_gate=True, motion_prior=True, ground_motion_gate=True)
-    model = build_model(encoding, config).eval()
-    layout = model.layout
-    slots = {
-        (p, name): layout.continuous_cols.index(spec.float_col(p, name)) for p in (0, 1) for name in "xy"
-    }
-    with torch.no_grad():
-        model.heads.weight.zero_()
-        model.heads.bias.zero_()
-        model.heads.bias[model._head_slice("continuous_change_logits")] = -5.0  # "nothing changes"
-        binaries = model._head_slice("binary_logits").start
-        model.heads.bias[binaries + layout.binary_cols.index(spec.float_col(0, "on_ground"))] = 5.0
-        model.heads.bias[binaries + layout.binary_cols.index(spec.float_col(1, "on_ground"))] = -5.0
-    float_ctx = torch.rand(4, 10, spec.float_per_frame)
-    ints = torch.zeros(4, 10, spec.int_per_frame, dtype=torch.long)
-    delta = model(float_ctx, ints, torch.rand(4, spec.ctrl_conditioning_dim))["continuous_delta"]
-    moved = float_ctx[:, -1] - float_ctx[:, -2]
-    # Player 0 is called grounded: the closed gate holds its x; its y and player 1 (airborne) keep
-    # moving at constant velocity.
-    assert torch.equal(delta[:, slots[0, "x"]], torch.zeros(4))
-    for p, name in ((0, "y"), (1, "x"), (1, "y")):
-        torch.testing.assert_close(delta[:, slots[p, name]], moved[:, spec.float_col(p, name)])
-
-    with pytest.raises(ValueError, match="ground_motion_gate needs model.motion_prior"):
-        build_model(encoding, ModelConfig(heads="full_state", delta_gate=True, ground_motion_gate=True))
-
-
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
