@@ -4,7 +4,9 @@
 
 Parses every replay under ``--replays`` (default ``$MELEEWM_TEST_REPLAYS`` or ../shared/replays)
 into ``--data`` unless a manifest is already there, trains ``baseline-v22``, ``exp-3a-full-state``,
-``exp-6a-motion-prior``, ``exp-7c-motion-gate`` and ``policy-v22`` for ``--epochs`` epochs each (the reference's figures are after 3), runs
+``exp-6a-motion-prior``, ``exp-7c-motion-gate``, ``exp-7d-stage-surfaces`` (rollout-trained: about 20 of the
+~30 minutes on a 2-core CPU) and ``policy-v22`` for ``--epochs`` epochs each (the reference's figures
+are after 3), runs
 ``evaluate_run`` on each (``--steps`` rollout frames from ``--starts`` starts) and prints one row per
 target: the figure, its baseline, the target and whether it is met. The JSON holds every report.
 ``--reuse`` evaluates the newest finished runs again without training.
@@ -152,6 +154,7 @@ def main() -> int:
         ("exp-3a-full-state", "world"),
         ("exp-6a-motion-prior", "world"),
         ("exp-7c-motion-gate", "world"),
+        ("exp-7d-stage-surfaces", "world"),
         ("policy-v22", "policy"),
     ):
         experiment = load_experiment(REPO / "experiments" / f"{config}.yaml", overrides)

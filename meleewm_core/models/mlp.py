@@ -74,23 +74,27 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("surface_line", torch.zeros(*surfaces, 2))
             self.register_buffer("surface_extent", torch.zeros(*surfaces, 2))
             self.register_buffer("surface_known", torch.zeros(*surfaces, dtype=torch.bool))
-            slots = {name: i for i, name in enumerate(self.layout.continuous)}
-            per_player = len(self.layout.continuous)
-            # The ground id is the *last* surface touched (it stays while airborne): a player is on
-            # it only where the on_ground binary says so too.
-            on_ground = self.layout.binary_cols.index(spec.float_col(0, "on_ground"))
-            self.surface_players = [
-                (
-                    spec.float_col(p, "x"),
-                    spec.float_col(p, "y"),
-                    p * per_player + slots["x"],
-                    p * per_player + slots["y"],
-                    f"p{p}_ground_logits",
-                    p * spec.binary_dim + on_ground,
-                    spec.float_col(p, "on_ground"),
-                )
-                for p in range(NUM_PLAYERS)
-            ]
+            players = range(NUM_PLAYERS)
+            # Per player: float columns of x, y and on_ground, the x and y delta outputs and the
+            # on_ground logit. The ground id is the *last* surface touched (it stays while
+            # airborne): a player is on it only where on_ground says so too.
+            columns = {
+                "surface_x_cols": [spec.float_col(p, "x") for p in players],
+                "surface_y_cols": [spec.float_col(p, "y") for p in players],
+                "surface_on_ground_cols": [spec.float_col(p, "on_ground") for p in players],
+                "surface_x_slots": [
+                    self.layout.continuous_cols.index(spec.float_col(p, "x")) for p in players
+                ],
+                "surface_y_slots": [
+                    self.layout.continuous_cols.index(spec.float_col(p, "y")) for p in players
+                ],
+                "surface_on_ground_logits": [
+                    self.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in players
+                ],
+            }
+            for name, indices in columns.items():
+                self.register_buffer(name, torch.tensor(indices), persistent=False)
+            self.ground_heads = [f"p{p}_ground_logits" for p in players]
         self.trunk = nn.Sequential(
             nn.Linear(input_dim, model.hidden_dim),
             nn.ReLU(),
@@ -216,22 +220,20 @@ class FrameStackMLP(nn.Module):
         """(B, F) frames on ``stage`` (B,) -> (B, 2*players): per player the height above the highest
         known surface beneath (in HEIGHT_UNITs, capped) and 1 where there is none."""
         scale = self.spec.scale("y")
-        line, extent, known = self.surface_line[stage], self.surface_extent[stage], self.surface_known[stage]
-        features = []
-        for x_col, y_col, *_ in self.surface_players:
-            x, y = floats[:, x_col, None].float(), floats[:, y_col, None].float()
-            height = line[..., 0] + line[..., 1] * x  # (B, G)
-            beneath = (
-                known
-                & (x >= extent[..., 0])
-                & (x <= extent[..., 1])
-                & (height <= y + SURFACE_TOLERANCE * scale)
-            )
-            floor = torch.where(beneath, height, torch.finfo(height.dtype).min).amax(1)
-            none = ~beneath.any(1)
-            above = ((y[:, 0] - floor) / (HEIGHT_UNIT * scale)).clamp(0, HEIGHT_CAP)
-            features += [torch.where(none, HEIGHT_CAP, above), none.float()]
-        return torch.stack(features, dim=1)
+        line, extent = self.surface_line[stage][:, None], self.surface_extent[stage][:, None]  # (B, 1, G, 2)
+        x = floats.index_select(1, self.surface_x_cols).float()[..., None]  # (B, P, 1)
+        y = floats.index_select(1, self.surface_y_cols).float()[..., None]
+        height = line[..., 0] + line[..., 1] * x  # (B, P, G)
+        beneath = (
+            self.surface_known[stage][:, None]
+            & (x >= extent[..., 0])
+            & (x <= extent[..., 1])
+            & (height <= y + SURFACE_TOLERANCE * scale)
+        )
+        floor = torch.where(beneath, height, torch.finfo(height.dtype).min).amax(2)
+        none = ~beneath.any(2)
+        above = ((y[..., 0] - floor) / (HEIGHT_UNIT * scale)).clamp(0, HEIGHT_CAP)
+        return torch.stack([torch.where(none, HEIGHT_CAP, above), none.float()], dim=2).flatten(1)
 
     def placed_on_surfaces(
         self, outputs: dict[str, torch.Tensor], last: torch.Tensor, stage: torch.Tensor
@@ -239,33 +241,28 @@ class FrameStackMLP(nn.Module):
         """The continuous deltas with each player whom the heads put on the ground of a known surface
         moved to that surface's height at the predicted x."""
         delta = outputs["continuous_delta"].float()
-        columns = list(delta.unbind(1))
-        for x_col, y_col, x_slot, y_slot, ground_key, on_ground, on_ground_col in self.surface_players:
-            ground = outputs[ground_key].argmax(1)
-            line = self.surface_line[stage, ground]
-            x_last, y_last = last[:, x_col].float(), last[:, y_col].float()
-            x_next = x_last + columns[x_slot]
-            on_surface = line[:, 0] + line[:, 1] * x_next - y_last
-            tolerance = SURFACE_TOLERANCE * self.spec.scale("y")
-            near = (on_surface - columns[y_slot]).abs() < SNAP_DISTANCE * self.spec.scale("y")
-            # Landing (from above, over the surface), or standing on the line already; a grounded
-            # player off it (held in a grab or a throw) is the y head's.
-            extent = self.surface_extent[stage, ground]
-            arriving = (
-                (last[:, on_ground_col] < 0.5)
-                & (on_surface <= tolerance)
-                & (x_next >= extent[:, 0])
-                & (x_next <= extent[:, 1])
-            )
-            standing = (line[:, 0] + line[:, 1] * x_last - y_last).abs() <= tolerance
-            placed = (
-                self.surface_known[stage, ground]
-                & (outputs["binary_logits"][:, on_ground] > 0)
-                & near
-                & (arriving | standing)
-            )
-            columns[y_slot] = torch.where(placed, on_surface, columns[y_slot])
-        return torch.stack(columns, dim=1)
+        tolerance = SURFACE_TOLERANCE * self.spec.scale("y")
+        ground = torch.stack([outputs[key].argmax(1) for key in self.ground_heads], dim=1)  # (B, P)
+        where = (stage[:, None], ground)
+        line, extent = self.surface_line[where], self.surface_extent[where]  # (B, P, 2)
+        x_last = last.index_select(1, self.surface_x_cols).float()
+        y_last = last.index_select(1, self.surface_y_cols).float()
+        x_next = x_last + delta.index_select(1, self.surface_x_slots)
+        y_head = delta.index_select(1, self.surface_y_slots)
+        on_surface = line[..., 0] + line[..., 1] * x_next - y_last
+        near = (on_surface - y_head).abs() < SNAP_DISTANCE * self.spec.scale("y")
+        # Landing (from above, over the surface), or standing on the line already; a grounded
+        # player off it (held in a grab or a throw) is the y head's.
+        arriving = (
+            (last.index_select(1, self.surface_on_ground_cols) < 0.5)
+            & (on_surface <= tolerance)
+            & (x_next >= extent[..., 0])
+            & (x_next <= extent[..., 1])
+        )
+        standing = (line[..., 0] + line[..., 1] * x_last - y_last).abs() <= tolerance
+        grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
+        placed = self.surface_known[where] & grounded & near & (arriving | standing)
+        return delta.index_copy(1, self.surface_y_slots, torch.where(placed, on_surface, y_head))
 
     def dynamics_inputs(self, float_ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The standardised float rows, and each context step's change of the predicted continuous
