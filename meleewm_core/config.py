@@ -145,6 +145,12 @@ class ModelConfig(StrictModel):
     # (exp-7b: y barely beat persistence after 60 frames). Needs full_state heads (the ground
     # head) and delta_gate.
     stage_surfaces: bool = False
+    # Imitation policy only: each analog field's change distribution also gets logits from a small
+    # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
+    # own recent past (position, last changes, the other axis' last change, which field). The trunk
+    # sees the whole state and can fit the training players' habits; a lookup table on these few
+    # features alone generalised better to an unseen game (docs/policy-notes.md).
+    analog_history_head: bool = False
 
 
 class LossWeights(StrictModel):

@@ -43,6 +43,9 @@ ANALOG_STEP = 1 / 160
 # Frame-to-frame analog changes the policy is shown explicitly (a flick passes through 1-3
 # intermediate values, so the last few changes say where a stick is heading).
 HISTORY_CHANGES = 3
+# ``analog_history_head``: the other axis of each stick, and the width of the shared MLP.
+PARTNER_AXIS = {"main_x": "main_y", "main_y": "main_x", "c_x": "c_y", "c_y": "c_x"}
+ANALOG_HISTORY_HIDDEN = 64
 
 
 def _change_edges_steps() -> list[float]:
@@ -106,6 +109,34 @@ class ImitationPolicyMLP(nn.Module):
         # ``policy_loss``) to the median change of the training frames in the bin.
         middles = torch.cat([torch.zeros(1), (edges[:-1] + edges[1:]) / 2])
         self.bin_values = nn.Parameter(torch.cat([-middles[1:].flip(0), middles]).repeat(self.analog_dim, 1))
+        self.analog_history_head = model.analog_history_head
+        if model.analog_history_head:
+            fields = len(ANALOG_FIELDS)
+            # Per analog column: the column of the stick's other axis (the shoulder has none: itself,
+            # masked), and which of the five fields it is.
+            partner = [ANALOG_FIELDS.index(PARTNER_AXIS.get(name, name)) for name in ANALOG_FIELDS]
+            self.register_buffer(
+                "partner_fields",
+                torch.tensor([p * fields + i for p in range(NUM_PLAYERS) for i in partner]),
+                persistent=False,
+            )
+            self.register_buffer(
+                "has_partner",
+                torch.tensor(
+                    [name in PARTNER_AXIS for name in ANALOG_FIELDS] * NUM_PLAYERS, dtype=torch.float32
+                ),
+                persistent=False,
+            )
+            self.register_buffer("field_kinds", torch.eye(fields).repeat(NUM_PLAYERS, 1), persistent=False)
+            features = 1 + self.history_changes + 1 + fields
+            self.history_head = nn.Sequential(
+                nn.Linear(features, ANALOG_HISTORY_HIDDEN),
+                nn.ReLU(),
+                nn.Linear(ANALOG_HISTORY_HIDDEN, self.num_bins),
+            )
+            with torch.no_grad():  # starts adding nothing: the untrained policy is still copy-previous
+                self.history_head[-1].weight.zero_()
+                self.history_head[-1].bias.zero_()
         # Buttons start from "keep the last state" (logit +-3, i.e. 95%) and the heads learn the
         # corrections, as the analog heads predict a change: the untrained policy is copy-previous.
         self.button_prior = nn.Parameter(torch.tensor(3.0))
@@ -118,6 +149,8 @@ class ImitationPolicyMLP(nn.Module):
         ).float()
         split = self.analog_dim * self.num_bins
         change_logits = out[:, :split].reshape(-1, self.analog_dim, self.num_bins)
+        if self.analog_history_head:
+            change_logits = change_logits + self.history_head(self.analog_history(float_ctx))
         last_buttons = float_ctx[:, -1].index_select(1, self.button_cols).float()
         buttons = out[:, split:] + self.button_prior * (2 * last_buttons - 1)
         return {
@@ -134,6 +167,17 @@ class ImitationPolicyMLP(nn.Module):
         below = (change_logits.detach().softmax(-1).cumsum(-1) < 0.5).sum(-1, keepdim=True)
         values = self.bin_values.detach().expand(len(change_logits), -1, -1)
         return values.gather(2, below.clamp(max=self.num_bins - 1)).squeeze(2)
+
+    def analog_history(self, float_ctx: torch.Tensor) -> torch.Tensor:
+        """(B, 10, features): per analog field its own recent past only: the last value (-1..1),
+        the last changes as asinh(steps), the other stick axis' last change, and which field."""
+        analog = float_ctx[:, -self.history_changes - 1 :].float().index_select(2, self.analog_cols)
+        changes = torch.asinh((analog[:, 1:] - analog[:, :-1]) / ANALOG_STEP)  # (B, H, 10)
+        partner = changes[:, -1].index_select(1, self.partner_fields) * self.has_partner
+        kinds = self.field_kinds.expand(len(float_ctx), -1, -1)
+        return torch.cat(
+            [2 * analog[:, -1, :, None] - 1, changes.transpose(1, 2), partner[..., None], kinds], 2
+        )
 
     def controller_history(self, float_ctx: torch.Tensor) -> torch.Tensor:
         """Features of the controllers' recent past, which the raw frames give the trunk only as

@@ -166,3 +166,37 @@ def test_train_policy_rejects_a_world_model_config(root, capsys):
     )
     assert code == 1
     assert "imitation_policy_mlp" in capsys.readouterr().err
+
+
+def test_analog_history_head_reads_each_fields_own_past_and_starts_as_the_plain_policy():
+    experiment = quick_experiment("policy-history", model={"name": POLICY_MODEL_NAME})
+    spec = EncodingSpec(experiment.encoding)
+    plain = ImitationPolicyMLP(experiment.encoding, experiment.model).eval()
+    model = ImitationPolicyMLP(
+        experiment.encoding, experiment.model.model_copy(update={"analog_history_head": True})
+    ).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    float_ctx = torch.full((2, experiment.model.context_len, spec.float_per_frame), 0.5)
+    main_x, main_y, shoulder = (spec.float_col(1, name) for name in ("main_x", "main_y", "shoulder"))
+    # Player 1 flicks the main stick right by 8 then 40 steps while the y axis rises 4 steps.
+    float_ctx[:, -2, main_x], float_ctx[:, -1, main_x] = 0.5 + 8 * ANALOG_STEP, 0.5 + 48 * ANALOG_STEP
+    float_ctx[:, -1, main_y] = 0.5 + 4 * ANALOG_STEP
+    float_ctx[:, -1, shoulder] = 1.0
+    ints = torch.zeros(2, experiment.model.context_len, spec.int_per_frame, dtype=torch.long)
+
+    features = model.analog_history(float_ctx)  # (B, 10 fields, value + 3 changes + partner + 5 kinds)
+    assert features.shape == (2, 10, 10)
+    p1_x, p1_y, p1_shoulder = 5, 6, 9  # player 1's fields follow player 0's five
+    expected_x = torch.tensor([96 / 160, 0.0, 8.0, 40.0, 4.0, 1, 0, 0, 0, 0])
+    torch.testing.assert_close(
+        features[0, p1_x, :5], torch.cat([expected_x[:1], torch.asinh(expected_x[1:5])])
+    )
+    torch.testing.assert_close(features[0, p1_y, 4], torch.asinh(torch.tensor(40.0)))  # its partner's change
+    assert features[0, p1_shoulder, 0] == 1.0 and features[0, p1_shoulder, 4] == 0.0  # no partner
+    assert torch.equal(features[0, p1_shoulder, 5:], torch.tensor([0.0, 0, 0, 0, 1]))
+
+    torch.testing.assert_close(
+        model(float_ctx, ints)["change_logits"], plain(float_ctx, ints)["change_logits"]
+    )
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 10 * 64 + 64 + 64 * model.num_bins + model.num_bins
