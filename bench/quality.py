@@ -180,10 +180,10 @@ def main() -> int:
         )
         print(f"{config}: {trained}, evaluated in {timings[config]['eval_s']}s -> {run_dir}", flush=True)
 
-    print(f"\n{'run':<19}{'check':<52}{'model':>11}{'baseline':>11}  target / met")
+    print(f"\n{'run':<23}{'check':<52}{'model':>11}{'baseline':>11}  target / met")
     for row in rows:
         print(
-            f"{row['run']:<19}{row['check']:<52}{row['model']:>11.5f}{row['baseline']:>11.5f}  "
+            f"{row['run']:<23}{row['check']:<52}{row['model']:>11.5f}{row['baseline']:>11.5f}  "
             f"{row['target']} / {'yes' if row['met'] else 'NO'}"
         )
     machine = {
