@@ -537,7 +537,8 @@ def stage_surfaces(
     data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The surfaces grounded characters stand on in the training games, per (stage, ground id):
-    the least-squares line y = a + b*x in encoded units (stage_vocab, ground_vocab, 2), its x
+    the line y = a + b*x through their frames (least squares, refitted on the frames near it), in
+    encoded units (stage_vocab, ground_vocab, 2), its x
     extent (same shape) and whether it is known: seen on at least ``min_frames`` grounded
     player-frames, 95% of them within ``tolerance`` game units of the line. A moving platform
     (Fountain of Dreams' sides) or a clamped out-of-vocabulary ground id fits no line and stays
