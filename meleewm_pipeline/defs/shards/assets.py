@@ -1,4 +1,4 @@
-"""Encoded tensors of every eligible game, ready for training: ``encoded_shards``."""
+"""Encoded tensors of the experiment's games (``train.games``: eligible by default), ready for training: ``encoded_shards``."""
 
 import dagster as dg
 
@@ -11,7 +11,7 @@ from meleewm_pipeline.defs.train.config import ExperimentRunConfig
     deps=[replay_manifest],
     group_name="training",
     kinds={"python", "numpy"},
-    description="The eligible games encoded as memory-mappable tensors (shards/<encoding-id>/), split by game.",
+    description="The experiment's games (train.games: eligible by default) encoded as memory-mappable tensors (shards/<encoding-id>/), split by game.",
 )
 def encoded_shards(
     context: dg.AssetExecutionContext, config: ExperimentRunConfig, melee: MeleeDataResource
@@ -26,6 +26,7 @@ def encoded_shards(
         max_games=experiment.train.max_games,
         train_percent=experiment.train.train_percent,
         progress=False,
+        selection=experiment.train.games,
     )
     context.log.info(f"{shard_set.num_games} games, {shard_set.num_frames:,} frames in {shard_set.path}")
     return dg.MaterializeResult(
