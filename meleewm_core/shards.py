@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from meleewm_core.config import EncodingConfig
+from meleewm_core.config import EncodingConfig, ExperimentConfig
 from meleewm_core.encoding import (
     FLOAT_DTYPE,
     INT_DTYPE,
@@ -324,6 +324,20 @@ def encode_shards(
 
     seconds = time.perf_counter() - started
     return shard_set_from_index(folder, index, new_games=new_games, new_shards=new_shards, seconds=seconds)
+
+
+def encode_experiment_shards(root, experiment: ExperimentConfig, *, progress: bool = True) -> ShardSet:
+    """``encode_shards`` for the games an experiment trains on (``train.games``, ``max_games`` and
+    ``train_percent`` from its config): the one call training and the Dagster asset share."""
+    train = experiment.train
+    return encode_shards(
+        root,
+        experiment.encoding,
+        max_games=train.max_games,
+        train_percent=train.train_percent,
+        progress=progress,
+        selection=train.games,
+    )
 
 
 def shard_set_from_index(folder: Path, index: ShardIndex, **extra) -> ShardSet:

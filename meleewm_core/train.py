@@ -459,22 +459,15 @@ def _machine(device: torch.device) -> dict[str, Any]:
 
 
 def ensure_shards(experiment: ExperimentConfig, root, *, progress: bool = True) -> Path:
-    """The shard folder for this encoding, encoding any eligible game not yet in it.
+    """The shard folder for this experiment, encoding any of its games not yet in it.
 
     Where polars or peppi are missing (a GPU box that received only the shards), the existing
     folder for this encoding is used as it is.
     """
-    from meleewm_core.shards import encode_shards, read_index
+    from meleewm_core.shards import encode_experiment_shards, read_index
 
     try:
-        shard_set = encode_shards(
-            root,
-            experiment.encoding,
-            max_games=experiment.train.max_games,
-            train_percent=experiment.train.train_percent,
-            progress=progress,
-            selection=experiment.train.games,
-        )
+        shard_set = encode_experiment_shards(root, experiment, progress=progress)
     except ImportError:
         candidates = [
             p.parent

@@ -16,18 +16,10 @@ from meleewm_pipeline.defs.train.config import ExperimentRunConfig
 def encoded_shards(
     context: dg.AssetExecutionContext, config: ExperimentRunConfig, melee: MeleeDataResource
 ) -> dg.MaterializeResult:
-    from meleewm_core.shards import encode_shards
+    from meleewm_core.shards import encode_experiment_shards
 
-    root = melee.root()
     experiment = config.load(melee.experiment_path(config.experiment))
-    shard_set = encode_shards(
-        root,
-        experiment.encoding,
-        max_games=experiment.train.max_games,
-        train_percent=experiment.train.train_percent,
-        progress=False,
-        selection=experiment.train.games,
-    )
+    shard_set = encode_experiment_shards(melee.root(), experiment, progress=False)
     context.log.info(f"{shard_set.num_games} games, {shard_set.num_frames:,} frames in {shard_set.path}")
     return dg.MaterializeResult(
         metadata={
