@@ -33,18 +33,12 @@ def _format_anomalies(anomalies: dict) -> str:
 def run_encode(args: argparse.Namespace) -> int:
     from meleewm_core.config import ConfigError, load_experiment
     from meleewm_core.encoding import EncodingError
-    from meleewm_core.shards import ShardError, encode_shards
+    from meleewm_core.shards import ShardError, encode_experiment_shards
 
     root = DataRoot.from_env(args.data)
     try:
         experiment = load_experiment(args.config, {"train.max_games": args.max_games})
-        shard_set = encode_shards(
-            root,
-            experiment.encoding,
-            max_games=experiment.train.max_games,
-            train_percent=experiment.train.train_percent,
-            progress=not args.quiet,
-        )
+        shard_set = encode_experiment_shards(root, experiment, progress=not args.quiet)
     except (ConfigError, EncodingError, ShardError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -87,6 +87,28 @@ def test_encode_command_reports_shards_splits_and_anomaly_counts(tmp_path, parse
     assert "new this run: 0" in capsys.readouterr().out
 
 
+def test_encode_command_encodes_the_experiments_game_selection(tmp_path, parsed_root, capsys):
+    import shutil
+
+    import yaml
+
+    from meleewm_core.cli import main
+    from meleewm_core.config import load_experiment
+    from meleewm_core.train import ensure_shards
+
+    root = DataRoot(tmp_path / "root")
+    shutil.copytree(parsed_root.root, root.root)
+    config = tmp_path / "every-pair.yaml"
+    config.write_text(yaml.safe_dump({"train": {"games": "two_players"}}))
+    assert main(["encode", "--data", str(root.root), "--config", str(config), "--quiet"]) == 0
+    printed = capsys.readouterr().out.split("shards: ")[1].split("\n")[0]
+    # The folder training with this experiment reads, not the eligible games' one.
+    assert printed == str(ensure_shards(load_experiment(config), root, progress=False))
+    assert printed != str(
+        ensure_shards(load_experiment(config, {"train.games": "eligible"}), root, progress=False)
+    )
+
+
 def test_large_encodes_split_into_bounded_shards_that_stream(tmp_path, parsed_root):
     import shutil
 
