@@ -4,9 +4,10 @@
 
 Rolls the run's best checkpoint out from the same starts as ``meleewm eval`` and splits the x/y
 error at the last step by what the real player did over the window: on the ground or in the air
-at the end, height never changed, on the ground throughout. Each line gives the model's error
-beside persistence's on the same player-windows (game units), so a model that drifts while the
-real character stands still shows up at once.
+at the end, height never changed, on the ground throughout, took a hit, left the ground without
+one. Each line gives the model's error beside persistence's on the same player-windows (game
+units) and the group's share of the model's total error, so a model that drifts while the real
+character stands still shows up at once.
 """
 
 from __future__ import annotations
@@ -59,13 +60,20 @@ def main() -> None:
     real, model = trace.true_xy[:, last], trace.model_xy[:, last]
     grounded = np.stack([encoded("on_ground", s) > 0.5 for s in range(args.steps)], 1)
     scored = trace.valid[:, last][:, None]
+    percent = np.stack([encoded("percent", s) for s in range(-1, args.steps)], 1)
+    hit = (np.diff(percent, axis=1) > 1e-6).any(1)
     groups = {
         "all": np.ones_like(grounded[:, 0]),
         "on the ground at the end": grounded[:, -1],
         "in the air at the end": ~grounded[:, -1],
         "height never changed": np.abs(real[..., 1] - start_xy[..., 1]) < 0.01,
         "on the ground throughout": grounded.all(1),
+        "hit (damage taken)": hit,
+        "no hit, left the ground": ~hit & ~grounded.all(1),
     }
+    # Share of the model's total x+y error at the last step that each group holds.
+    model_error = np.abs(model - real).sum(-1)
+    total_error = model_error[scored.repeat(2, 1)].sum()
     result = {}
     for name, mask in groups.items():
         mask = mask & scored
@@ -76,10 +84,12 @@ def main() -> None:
             }
             for i, axis in enumerate("xy")
         }
-        result[name] = {"player_windows": int(mask.sum()), **errors}
+        share = float(model_error[mask].sum() / total_error)
+        result[name] = {"player_windows": int(mask.sum()), **errors, "share_of_error": share}
         print(
             f"{name:<26}{int(mask.sum()):>5} windows   x {errors['x']['model']:6.2f} (persistence "
-            f"{errors['x']['persistence']:6.2f})   y {errors['y']['model']:6.2f} (persistence {errors['y']['persistence']:6.2f})"
+            f"{errors['x']['persistence']:6.2f})   y {errors['y']['model']:6.2f} (persistence "
+            f"{errors['y']['persistence']:6.2f})   {share:4.0%} of the error"
         )
     print(json.dumps({"steps": args.steps, "groups": result}))
 
