@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
-from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, head_layout
+from meleewm_core.encoding import NUM_PLAYERS, STICK_FIELDS, EncodingSpec, head_layout
 from meleewm_core.models import layers
 
 # ``normalized_dynamics``: a column that barely varies in training divides by at least this, and
@@ -30,6 +30,12 @@ SNAP_DISTANCE = 5.0
 HEIGHT_UNIT = 10.0
 HEIGHT_CAP = 10.0
 SURFACE_TOLERANCE = 0.1
+# ``transition_head``: width of its hidden layer, and the heads it adds to.
+TRANSITION_HIDDEN = 128
+TRANSITION_HEADS = ("action", "jumps")
+# Per stick axis its deflection, and per x axis the push toward the way the player faces, for the
+# last and the predicted frame's controller: 2 * (4 + 2).
+STICK_FEATURES = 12
 
 
 class FrameStackMLP(nn.Module):
@@ -126,6 +132,35 @@ class FrameStackMLP(nn.Module):
             self.mixture_heads: frozenset[int] = frozenset()
             self.register_load_state_dict_post_hook(lambda module, _keys: module._mirror_gated_categoricals())
         self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
+
+        self.transition_head = model.transition_head
+        if model.transition_head:
+            own_ctrl = [
+                [i for i, name in enumerate(spec.ctrl_names) if name.startswith(f"p{p}.")]
+                for p in range(NUM_PLAYERS)
+            ]
+            self.register_buffer("transition_ctrl_cols", torch.tensor(own_ctrl), persistent=False)
+            self.player_embed_dim = sum(spec.embed_dim(name) for name in spec.categorical_fields)
+            stick_cols = [[spec.float_col(p, name) for name in STICK_FIELDS] for p in range(NUM_PLAYERS)]
+            facing_cols = [spec.float_col(p, "facing") for p in range(NUM_PLAYERS)]
+            self.register_buffer("transition_stick_cols", torch.tensor(stick_cols), persistent=False)
+            self.register_buffer("transition_facing_cols", torch.tensor(facing_cols), persistent=False)
+            width = (
+                spec.float_per_player
+                + self.player_embed_dim
+                + len(own_ctrl[0])
+                + STICK_FEATURES
+                + (2 if model.stage_surfaces else 0)
+            )
+            self.transition_sizes = [spec.vocab(name) for name in TRANSITION_HEADS]
+            self.transition = nn.Sequential(
+                nn.Linear(width, TRANSITION_HIDDEN),
+                nn.ReLU(),
+                nn.Linear(TRANSITION_HIDDEN, sum(self.transition_sizes)),
+            )
+            # Zero at the start: the untrained model is the model without it.
+            nn.init.zeros_(self.transition[-1].weight)
+            nn.init.zeros_(self.transition[-1].bias)
 
         self.motion_prior = model.motion_prior
         self.motion_gate = model.motion_gate
@@ -274,6 +309,45 @@ class FrameStackMLP(nn.Module):
         changes = ((tracked[:, 1:] - tracked[:, :-1]) / self.delta_scale).clamp(-INPUT_CLIP, INPUT_CLIP)
         return standard, changes.flatten(1)
 
+    def add_transition_logits(
+        self,
+        outputs: dict[str, torch.Tensor],
+        last_frame: torch.Tensor,
+        last_floats: torch.Tensor,
+        next_ctrl: torch.Tensor,
+        heights: torch.Tensor | None,
+    ) -> None:
+        """Add ``transition_head``'s logits to each player's action and jumps heads, from that
+        player's part of the last embedded frame (B, E), its raw last float row's sticks and
+        facing, its own controller of the predicted frame and (``stage_surfaces``) its height above
+        the surface beneath; both players in one batch through the one MLP."""
+        per_float, floats, per_embed = (
+            self.spec.float_per_player,
+            self.spec.float_per_frame,
+            self.player_embed_dim,
+        )
+        inputs = []
+        for p in range(NUM_PLAYERS):
+            own_ctrl = next_ctrl.index_select(1, self.transition_ctrl_cols[p]).float()
+            sticks = stick_features(
+                last_floats.index_select(1, self.transition_stick_cols[p]).float(),
+                own_ctrl[:, : len(STICK_FIELDS)],
+                last_floats[:, self.transition_facing_cols[p]].float(),
+            )
+            parts = [
+                last_frame[:, p * per_float : (p + 1) * per_float],
+                last_frame[:, floats + p * per_embed : floats + (p + 1) * per_embed],
+                own_ctrl.to(last_frame.dtype),
+                sticks.to(last_frame.dtype),
+            ]
+            if heights is not None:
+                parts.append(heights[:, 2 * p : 2 * p + 2].to(last_frame.dtype))
+            inputs.append(torch.cat(parts, dim=1))
+        per_player = self.transition(torch.cat(inputs)).chunk(NUM_PLAYERS)
+        for p, logits in enumerate(per_player):
+            for name, term in zip(TRANSITION_HEADS, logits.split(self.transition_sizes, dim=1), strict=True):
+                outputs[f"p{p}_{name}_logits"] = outputs[f"p{p}_{name}_logits"] + term
+
     def embed_frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
         """(B, K, float_per_frame) + (B, K, int_per_frame) -> (B, K, frame_embed_dim)."""
         batch, frames, _ = int_ctx.shape
@@ -296,11 +370,14 @@ class FrameStackMLP(nn.Module):
             frames = self.embed_frames(float_ctx, int_ctx)
             parts = [frames.flatten(1)]
         stage = int_ctx[:, -1, self.spec.stage_col]
-        if self.stage_surfaces:
-            parts.append(self.surface_heights(float_ctx[:, -1], stage).to(frames.dtype))
+        heights = self.surface_heights(float_ctx[:, -1], stage) if self.stage_surfaces else None
+        if heights is not None:
+            parts.append(heights.to(frames.dtype))
         x = torch.cat([*parts, next_ctrl.to(frames.dtype)], dim=1)
         out = self.heads(self.trunk(x))
         outputs = dict(zip(self.head_sizes, out.split(list(self.head_sizes.values()), dim=1), strict=True))
+        if self.transition_head:
+            self.add_transition_logits(outputs, frames[:, -1], float_ctx[:, -1], next_ctrl, heights)
         if self.normalized_dynamics:
             outputs["continuous_delta"] = outputs["continuous_delta"].float() * self.delta_scale
         if self.persistence_prior:
@@ -330,6 +407,21 @@ class FrameStackMLP(nn.Module):
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
         return outputs
+
+
+def stick_features(last: torch.Tensor, now: torch.Tensor, facing: torch.Tensor) -> torch.Tensor:
+    """(B, 4) encoded sticks (main x/y, c x/y; 0.5 is neutral) of the last and the predicted frame
+    and (B,) facing (1: right) -> (B, 12): per frame each axis' deflection and each x axis' push
+    toward the facing direction. Melee's rules are thresholds on these (a dash is the main stick
+    pushed past 0.8 forward from neutral, a turn the same backward); raw, centred at 0.5, an MLP
+    did not find them: a probe on the encoded sticks scored 0 of 484 stand-to-dash transitions
+    after 4 epochs, with these 96% after one (docs/quality-notes.md)."""
+    forward = (2 * facing - 1)[:, None]
+    features = []
+    for sticks in (last, now):
+        centred = 2 * sticks - 1
+        features += [centred.abs(), centred[:, ::2] * forward]
+    return torch.cat(features, dim=1)
 
 
 def keep_or_change(logits: torch.Tensor, change_logit: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

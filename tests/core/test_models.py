@@ -362,3 +362,79 @@ def test_stage_surfaces_place_a_grounded_player_on_the_line_and_feed_the_height_
 
     with pytest.raises(ValueError, match="stage_surfaces needs heads: full_state"):
         build_model(encoding, ModelConfig(persistence_prior=True, delta_gate=True, stage_surfaces=True))
+
+
+def test_transition_head_starts_as_the_model_without_it_and_reads_one_players_own_frame_and_controller():
+    encoding = EncodingConfig(state_age_as_embed=True, press_events=True, action_age_as_embed=True)
+    spec = EncodingSpec(encoding)
+    config = ModelConfig(heads="full_state", persistence_prior=True, transition_head=True)
+    model = build_model(encoding, config).eval()
+    plain = build_model(encoding, config.model_copy(update={"transition_head": False})).eval()
+    # Input: one player's floats, categorical embeddings, own controller and presses, 12 stick features.
+    width = spec.float_per_player + model.player_embed_dim + spec.controller_dim + 8 + 12
+    outputs = spec.vocab("action") + spec.vocab("jumps")
+    assert count_parameters(model) - count_parameters(plain) == (width + 1) * 128 + (128 + 1) * outputs
+
+    plain.load_state_dict(model.state_dict(), strict=False)
+    float_ctx = torch.rand(6, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 3, (6, 10, spec.int_per_frame))
+    ctrl = torch.rand(6, spec.ctrl_conditioning_dim)
+    mine, theirs = model(float_ctx, int_ctx, ctrl), plain(float_ctx, int_ctx, ctrl)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+    # Trained (here: random last layer), player 0's terms follow player 0's controller only.
+    with torch.no_grad():
+        model.transition[-1].weight.normal_()
+    p1_stick = [i for i, name in enumerate(spec.ctrl_names) if name == "p1.main_x"]
+    moved = ctrl.clone()
+    moved[:, p1_stick] = 1 - moved[:, p1_stick]
+    before, after = model(float_ctx, int_ctx, ctrl), model(float_ctx, int_ctx, moved)
+    trunk_only = (
+        plain(float_ctx, int_ctx, moved)["p0_action_logits"]
+        - plain(float_ctx, int_ctx, ctrl)["p0_action_logits"]
+    )
+    torch.testing.assert_close(after["p0_action_logits"] - before["p0_action_logits"], trunk_only)
+    p1_change = after["p1_action_logits"] - before["p1_action_logits"]
+    p1_trunk = (
+        plain(float_ctx, int_ctx, moved)["p1_action_logits"]
+        - plain(float_ctx, int_ctx, ctrl)["p1_action_logits"]
+    )
+    assert not torch.allclose(p1_change, p1_trunk)
+
+
+def test_stick_features_give_deflection_and_push_toward_the_facing_direction():
+    from meleewm_core.models.mlp import stick_features
+
+    neutral = torch.full((2, 4), 0.5)
+    smash_right = torch.tensor([[1.0, 0.5, 0.5, 0.5]] * 2)
+    facing = torch.tensor([1.0, 0.0])  # right, left
+    features = stick_features(neutral, smash_right, facing)
+    assert features.shape == (2, 12)
+    assert torch.equal(features[:, :6], torch.zeros(2, 6))  # the last frame: neutral
+    assert torch.equal(features[:, 6:10], torch.tensor([[1.0, 0, 0, 0]] * 2))  # deflection of each axis
+    # Main stick x toward the facing direction: a dash facing right, a turn facing left.
+    assert torch.equal(features[:, 10], torch.tensor([1.0, -1.0]))
+
+
+def test_next_frame_derives_action_age_from_the_predicted_action():
+    encoding = EncodingConfig(action_age_as_embed=True)
+    spec = EncodingSpec(encoding)
+    model = build_model(encoding, ModelConfig(heads="full_state")).eval()
+    cap = spec.vocab("action_age") - 1
+    int_ctx = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
+    action, age = spec.int_col(0, "action"), spec.int_col(0, "action_age")
+    int_ctx[:, -1, action] = 14
+    int_ctx[:, -1, age] = torch.tensor([5, cap, 7])
+    float_ctx, ctrl = torch.rand(3, 10, spec.float_per_frame), torch.rand(3, spec.ctrl_conditioning_dim)
+    outputs = model(float_ctx, int_ctx, ctrl)
+    logits = torch.zeros_like(outputs["p0_action_logits"])
+    logits[:, 14] = 1.0
+    logits[2, 20] = 2.0  # the third player starts a dash
+    outputs["p0_action_logits"] = logits
+    # The age head says 0 everywhere: the frame ignores it.
+    outputs["p0_action_age_logits"] = torch.zeros_like(outputs["p0_action_age_logits"]).index_fill(
+        1, torch.tensor([0]), 9.0
+    )
+    _, ints = next_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], ctrl, model.layout)
+    assert ints[:, action].tolist() == [14, 14, 20]
+    assert ints[:, age].tolist() == [6, cap, 0]

@@ -347,3 +347,30 @@ def test_stage_surfaces_are_measured_from_the_grounded_training_frames_and_trave
     result = train_run(exp, root, progress=False)
     loaded = load_checkpoint(result.best_checkpoint).model
     assert torch.equal(loaded.surface_known, known) and torch.allclose(loaded.surface_line, line)
+
+
+def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_the_head(root):
+    from pathlib import Path
+
+    from meleewm_core.config import load_experiment
+
+    config = Path(__file__).resolve().parents[2] / "experiments" / "exp-7e-transition-head.yaml"
+    quick = {
+        f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
+    }
+    exp = load_experiment(config, {**quick, "train.rollout_steps": 2})
+    result = train_run(exp, root, progress=False)
+    assert result.run_dir.parent.name == "exp-7e-transition-head" and math.isfinite(result.metrics["loss"])
+
+    model = load_checkpoint(result.final_checkpoint).model.eval()
+    assert model.transition_head and model.transition[-1].weight.abs().sum() > 0  # it trained
+    spec = model.spec
+    float_ctx = torch.rand(4, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 3, (4, 10, spec.int_per_frame))
+    ctrl = torch.rand(4, spec.ctrl_conditioning_dim)
+    with torch.no_grad():
+        with_head = model(float_ctx, int_ctx, ctrl)["p0_action_logits"]
+        model.transition[-1].weight.zero_()
+        model.transition[-1].bias.zero_()
+        without = model(float_ctx, int_ctx, ctrl)["p0_action_logits"]
+    assert not torch.allclose(with_head, without)
