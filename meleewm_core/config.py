@@ -153,18 +153,6 @@ class ModelConfig(StrictModel):
     # on "two"). Adding the same MLP's terms to the player's deltas and binaries was tried and
     # made the one-step y error worse (0.42 against 0.34).
     transition_head: bool = False
-    # With motion_prior and full_state heads: x and y start from the next frame's velocities (the
-    # last self and knockback velocities plus their predicted, gated deltas) instead of the last
-    # displacement. Melee moves a character by exactly self_x_air + knockback_x and self_y +
-    # knockback_y on 91% of frames (86% in the air), so a jump or a knockback moves the position
-    # on the frame the velocity heads start it, and rollout training of x and y trains them.
-    kinematic_prior: bool = False
-    # With stage_surfaces: a player above the stage's floor (the lowest known surface under them)
-    # cannot end a frame below it (y stops on it). exp-7e rollouts let falling players pass
-    # through the floor (17 units below it after 20 frames). Platforms stay passable: players
-    # holding down fall through them. On the real frames of "two" the rule moves 0.4% of y
-    # changes, by about a unit (landing frames a little under the fitted line).
-    solid_floor: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

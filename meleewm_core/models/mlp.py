@@ -30,8 +30,6 @@ SNAP_DISTANCE = 5.0
 HEIGHT_UNIT = 10.0
 HEIGHT_CAP = 10.0
 SURFACE_TOLERANCE = 0.1
-# ``kinematic_prior``: per player the velocities that move x, then those that move y.
-KINEMATIC_FIELDS = ("self_x_air", "knockback_x", "self_y", "knockback_y")
 # ``transition_head``: width of its hidden layer, and the heads it adds to.
 TRANSITION_HIDDEN = 128
 TRANSITION_HEADS = ("action", "jumps")
@@ -70,9 +68,6 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("delta_scale", torch.ones(num_deltas))
             self.register_buffer("delta_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
         self.stage_surfaces = model.stage_surfaces
-        self.solid_floor = model.solid_floor
-        if model.solid_floor and not model.stage_surfaces:
-            raise ValueError("model.solid_floor needs model.stage_surfaces (the floor it makes solid)")
         if model.stage_surfaces:
             if "ground" not in self.layout.categoricals or not model.delta_gate:
                 raise ValueError(
@@ -169,8 +164,6 @@ class FrameStackMLP(nn.Module):
 
         self.motion_prior = model.motion_prior
         self.motion_gate = model.motion_gate
-        if model.kinematic_prior and not model.motion_prior:
-            raise ValueError("model.kinematic_prior needs model.motion_prior (the prior it replaces)")
         if model.motion_prior:
             if model.context_len < 2:
                 raise ValueError(
@@ -182,17 +175,6 @@ class FrameStackMLP(nn.Module):
                 )
             slots = self.layout.position_slots
             self.register_buffer("motion_slots", torch.tensor(slots), persistent=False)
-            self.kinematic_prior = model.kinematic_prior
-            if model.kinematic_prior:
-                if not set(KINEMATIC_FIELDS) <= set(self.layout.continuous):
-                    raise ValueError("model.kinematic_prior needs heads: full_state (the velocity heads)")
-                cols = [spec.float_col(p, name) for p in range(NUM_PLAYERS) for name in KINEMATIC_FIELDS]
-                self.register_buffer("kinematic_cols", torch.tensor(cols), persistent=False)
-                self.register_buffer(
-                    "kinematic_slots",
-                    torch.tensor([self.layout.continuous_cols.index(col) for col in cols]),
-                    persistent=False,
-                )
             self.register_buffer(
                 "motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]), persistent=False
             )
@@ -315,51 +297,7 @@ class FrameStackMLP(nn.Module):
         standing = (line[..., 0] + line[..., 1] * x_last - y_last).abs() <= tolerance
         grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
         placed = self.surface_known[where] & grounded & near & (arriving | standing)
-        y_delta = torch.where(placed, on_surface, y_head)
-        if self.solid_floor:
-            y_delta = self.stopped_by_floor(y_delta, x_last, y_last, x_next, stage)
-        return delta.index_copy(1, self.surface_y_slots, y_delta)
-
-    def stopped_by_floor(
-        self,
-        y_delta: torch.Tensor,
-        x_last: torch.Tensor,
-        y_last: torch.Tensor,
-        x_next: torch.Tensor,
-        stage: torch.Tensor,
-    ) -> torch.Tensor:
-        """(B, P) y deltas, with each player who was above the stage's floor (its lowest known surface
-        under the predicted x) and would end below it stopped on it."""
-        tolerance = SURFACE_TOLERANCE * self.spec.scale("y")
-        line, extent = self.surface_line[stage][:, None], self.surface_extent[stage][:, None]  # (B, 1, G, 2)
-        after = line[..., 0] + line[..., 1] * x_next[..., None]  # (B, P, G)
-        under = (
-            self.surface_known[stage][:, None]
-            & (x_next[..., None] >= extent[..., 0])
-            & (x_next[..., None] <= extent[..., 1])
-        )
-        floor, index = torch.where(under, after, torch.finfo(after.dtype).max).min(2)
-        floor_line = line.expand(-1, x_last.shape[1], -1, -1).gather(
-            2, index[..., None, None].expand(-1, -1, 1, 2)
-        )
-        floor_extent = extent.expand(-1, x_last.shape[1], -1, -1).gather(
-            2, index[..., None, None].expand(-1, -1, 1, 2)
-        )
-        before = floor_line[..., 0, 0] + floor_line[..., 0, 1] * x_last
-        was_over = (x_last >= floor_extent[..., 0, 0]) & (x_last <= floor_extent[..., 0, 1])
-        crossed = under.any(2) & was_over & (y_last > before + tolerance) & (y_last + y_delta < floor)
-        return torch.where(crossed, floor - y_last, y_delta)
-
-    def velocity_displacement(self, outputs: dict[str, torch.Tensor], last: torch.Tensor) -> torch.Tensor:
-        """(B, 2*players) x and y moves of each player from the next frame's self + knockback
-        velocities: the last frame's plus the predicted deltas (gated, with delta_gate)."""
-        delta = outputs["continuous_delta"].float().index_select(1, self.kinematic_slots)
-        if self.delta_gate:
-            delta = delta * (outputs["continuous_change_logits"].index_select(1, self.kinematic_slots) > 0)
-        velocity = last.float().index_select(1, self.kinematic_cols) + delta
-        # Per player (self_x_air + knockback_x, self_y + knockback_y): the order of motion_slots.
-        per_axis = velocity.view(len(velocity), -1, 2).sum(2)
-        return per_axis * (self.spec.scale("x") / self.spec.scale("self_x_air"))
+        return delta.index_copy(1, self.surface_y_slots, torch.where(placed, on_surface, y_head))
 
     def dynamics_inputs(self, float_ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The standardised float rows, and each context step's change of the predicted continuous
@@ -454,11 +392,8 @@ class FrameStackMLP(nn.Module):
                         outputs[key], outputs["categorical_change_logits"][:, i], last
                     )
         if self.motion_prior:
-            if self.kinematic_prior:
-                moved = self.velocity_displacement(outputs, float_ctx[:, -1])
-            else:
-                # In float32: a bf16 sum would round the displacement to 3 significant digits.
-                moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
+            # In float32: a bf16 sum would round the displacement to 3 significant digits.
+            moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
             outputs["continuous_delta"] = (
                 outputs["continuous_delta"].float().index_add(1, self.motion_slots, moved)
             )
