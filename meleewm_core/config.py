@@ -153,10 +153,6 @@ class ModelConfig(StrictModel):
     # on "two"). Adding the same MLP's terms to the player's deltas and binaries was tried and
     # made the one-step y error worse (0.42 against 0.34).
     transition_head: bool = False
-    # With transition_head: each player's continuous deltas and change logits also get terms from
-    # an MLP that sees the transition head's inputs and the expected embedding of that player's
-    # predicted next action (a jump's take-off speed follows from "the jump squat ends now").
-    action_conditioned_deltas: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

@@ -161,18 +161,6 @@ class FrameStackMLP(nn.Module):
             # Zero at the start: the untrained model is the model without it.
             nn.init.zeros_(self.transition[-1].weight)
             nn.init.zeros_(self.transition[-1].bias)
-        self.action_conditioned_deltas = model.action_conditioned_deltas
-        if model.action_conditioned_deltas:
-            if not model.transition_head:
-                raise ValueError("model.action_conditioned_deltas needs model.transition_head (its inputs)")
-            outputs = (2 if model.delta_gate else 1) * (num_deltas // NUM_PLAYERS)
-            self.action_deltas = nn.Sequential(
-                nn.Linear(width + spec.embed_dim("action"), TRANSITION_HIDDEN),
-                nn.ReLU(),
-                nn.Linear(TRANSITION_HIDDEN, outputs),
-            )
-            nn.init.zeros_(self.action_deltas[-1].weight)
-            nn.init.zeros_(self.action_deltas[-1].bias)
 
         self.motion_prior = model.motion_prior
         self.motion_gate = model.motion_gate
@@ -321,16 +309,18 @@ class FrameStackMLP(nn.Module):
         changes = ((tracked[:, 1:] - tracked[:, :-1]) / self.delta_scale).clamp(-INPUT_CLIP, INPUT_CLIP)
         return standard, changes.flatten(1)
 
-    def player_inputs(
+    def add_transition_logits(
         self,
+        outputs: dict[str, torch.Tensor],
         last_frame: torch.Tensor,
         last_floats: torch.Tensor,
         next_ctrl: torch.Tensor,
         heights: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """(players * B, W): per player (player 0's rows, then player 1's) that player's part of the
-        last embedded frame (B, E), its raw last float row's sticks and facing, its own controller
-        of the predicted frame and (``stage_surfaces``) its height above the surface beneath."""
+    ) -> None:
+        """Add ``transition_head``'s logits to each player's action and jumps heads, from that
+        player's part of the last embedded frame (B, E), its raw last float row's sticks and
+        facing, its own controller of the predicted frame and (``stage_surfaces``) its height above
+        the surface beneath; both players in one batch through the one MLP."""
         per_float, floats, per_embed = (
             self.spec.float_per_player,
             self.spec.float_per_frame,
@@ -353,31 +343,10 @@ class FrameStackMLP(nn.Module):
             if heights is not None:
                 parts.append(heights[:, 2 * p : 2 * p + 2].to(last_frame.dtype))
             inputs.append(torch.cat(parts, dim=1))
-        return torch.cat(inputs)
-
-    def add_transition_logits(self, outputs: dict[str, torch.Tensor], inputs: torch.Tensor) -> None:
-        """Add ``transition_head``'s logits to each player's action and jumps heads (one MLP for
-        both players, ``inputs`` from ``player_inputs``)."""
-        for p, logits in enumerate(self.transition(inputs).chunk(NUM_PLAYERS)):
+        per_player = self.transition(torch.cat(inputs)).chunk(NUM_PLAYERS)
+        for p, logits in enumerate(per_player):
             for name, term in zip(TRANSITION_HEADS, logits.split(self.transition_sizes, dim=1), strict=True):
                 outputs[f"p{p}_{name}_logits"] = outputs[f"p{p}_{name}_logits"] + term
-
-    def add_action_conditioned_deltas(self, outputs: dict[str, torch.Tensor], inputs: torch.Tensor) -> None:
-        """Add to each player's continuous deltas (and change logits) the terms of an MLP that also
-        sees the expected embedding of that player's predicted next action."""
-        actions = torch.cat(
-            [
-                torch.softmax(outputs[f"p{p}_action_logits"].float(), dim=1).detach()
-                for p in range(NUM_PLAYERS)
-            ]
-        )
-        expected = actions @ self.embeddings["action"].weight.float()
-        terms = self.action_deltas(torch.cat([inputs, expected.to(inputs.dtype)], dim=1)).chunk(NUM_PLAYERS)
-        per_player = len(self.layout.continuous_cols) // NUM_PLAYERS
-        keys = ["continuous_delta", "continuous_change_logits"] if self.delta_gate else ["continuous_delta"]
-        for i, key in enumerate(keys):
-            part = torch.cat([term[:, i * per_player : (i + 1) * per_player] for term in terms], dim=1)
-            outputs[key] = outputs[key] + part
 
     def embed_frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
         """(B, K, float_per_frame) + (B, K, int_per_frame) -> (B, K, frame_embed_dim)."""
@@ -408,10 +377,7 @@ class FrameStackMLP(nn.Module):
         out = self.heads(self.trunk(x))
         outputs = dict(zip(self.head_sizes, out.split(list(self.head_sizes.values()), dim=1), strict=True))
         if self.transition_head:
-            inputs = self.player_inputs(frames[:, -1], float_ctx[:, -1], next_ctrl, heights)
-            self.add_transition_logits(outputs, inputs)
-            if self.action_conditioned_deltas:
-                self.add_action_conditioned_deltas(outputs, inputs)
+            self.add_transition_logits(outputs, frames[:, -1], float_ctx[:, -1], next_ctrl, heights)
         if self.normalized_dynamics:
             outputs["continuous_delta"] = outputs["continuous_delta"].float() * self.delta_scale
         if self.persistence_prior:
