@@ -4,11 +4,11 @@
 
 Parses every replay under ``--replays`` (default ``$MELEEWM_TEST_REPLAYS`` or ../shared/replays)
 into ``--data`` unless a manifest is already there, trains ``baseline-v22``, ``exp-3a-full-state``,
-``exp-6a-motion-prior``, ``exp-7c-motion-gate``, ``exp-7d-stage-surfaces`` (rollout-trained: about 20 of the
-~30 minutes on a 2-core CPU) and ``policy-v22`` for ``--epochs`` epochs each (the reference's figures
-are after 3), runs
-``evaluate_run`` on each (``--steps`` rollout frames from ``--starts`` starts) and prints one row per
-target: the figure, its baseline, the target and whether it is met. The JSON holds every report.
+``exp-6a-motion-prior``, ``exp-7c-motion-gate``, ``exp-7d-stage-surfaces``, ``exp-7e-transition-head``
+(the last two rollout-trained: about 20-30 minutes each on a 2-core CPU) and ``policy-v22`` for
+``--epochs`` epochs each (the reference's figures are after 3), runs ``evaluate_run`` on each
+(``--steps`` rollout frames from ``--starts`` starts) and prints one row per target: the figure,
+its baseline, the target and whether it is met. The JSON holds every report.
 ``--reuse`` evaluates the newest finished runs again without training.
 """
 
@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meleewm_core.config import load_experiment  # noqa: E402
+from meleewm_core.config import ExperimentConfig, load_experiment  # noqa: E402
 from meleewm_core.eval import evaluate_run  # noqa: E402
 from meleewm_core.metrics import lower_is_better  # noqa: E402
 from meleewm_core.policy import train_policy_run  # noqa: E402
@@ -47,11 +48,22 @@ def prepare(root: DataRoot, replays: Path) -> None:
         build_manifest(root)
 
 
-def newest_finished_run(root: DataRoot, experiment: str, epochs: int) -> Path | None:
-    """The newest run of ``experiment`` whose manifest records ``epochs`` finished epochs."""
-    for manifest in sorted((Path(root.runs_dir) / experiment).glob("*/manifest.json"), reverse=True):
-        if len(json.loads(manifest.read_text()).get("all_epochs", [])) == epochs:
-            return manifest.parent
+def newest_finished_run(root: DataRoot, experiment: ExperimentConfig) -> Path | None:
+    """The newest run of ``experiment`` that finished its epochs with the file's recipe (a run trained
+    with other overrides, say another loss weight, is not the file's row)."""
+    runtime = {"device", "wandb", "compile"}
+    wanted = experiment.model_dump(mode="json", exclude={"train": runtime})
+    for manifest_path in sorted(
+        (Path(root.runs_dir) / experiment.name).glob("*/manifest.json"), reverse=True
+    ):
+        manifest = json.loads(manifest_path.read_text())
+        try:
+            recorded = ExperimentConfig.model_validate(manifest["config"])
+        except ValidationError:  # a run of an option since removed
+            continue
+        finished = len(manifest.get("all_epochs", [])) == experiment.train.epochs
+        if finished and recorded.model_dump(mode="json", exclude={"train": runtime}) == wanted:
+            return manifest_path.parent
     return None
 
 
@@ -155,11 +167,12 @@ def main() -> int:
         ("exp-6a-motion-prior", "world"),
         ("exp-7c-motion-gate", "world"),
         ("exp-7d-stage-surfaces", "world"),
+        ("exp-7e-transition-head", "world"),
         ("policy-v22", "policy"),
     ):
         experiment = load_experiment(REPO / "experiments" / f"{config}.yaml", overrides)
         started = time.perf_counter()
-        run_dir = newest_finished_run(root, config, args.epochs) if args.reuse else None
+        run_dir = newest_finished_run(root, experiment) if args.reuse else None
         if run_dir is None:
             trainer = train_policy_run if kind == "policy" else train_run
             run_dir = trainer(experiment, root, progress=False).run_dir

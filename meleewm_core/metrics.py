@@ -132,6 +132,28 @@ def compute_loss(
     return total, {k: v.detach() for k, v in parts.items()}
 
 
+def predicted_categoricals(
+    outputs: dict[str, torch.Tensor], last_ints: torch.Tensor, layout: HeadLayout
+) -> torch.Tensor:
+    """The next frame's int row (B, I): each predicted categorical's argmax, the others carried
+    over from ``last_ints``. With ``action_age_as_embed``, action_age is derived from the predicted
+    action the way the encoding defines it (last age + 1, capped, if the action stays; else 0),
+    not read from its head: the rule is exact, the head was right on 88% of frames one step
+    ahead, and a rollout whose ages stop counting never reaches the frame where a landing or a
+    jump squat ends."""
+    spec = layout.spec
+    ints = last_ints.clone()
+    for key, player, name, _ in layout.logit_heads:
+        ints[:, layout.categorical_col(player, name)] = outputs[key].argmax(dim=-1).to(ints.dtype)
+    if "action_age" in layout.categoricals:
+        cap = spec.vocab("action_age") - 1
+        for player in range(NUM_PLAYERS):
+            action, age = spec.int_col(player, "action"), spec.int_col(player, "action_age")
+            kept = ints[:, action] == last_ints[:, action]
+            ints[:, age] = torch.where(kept, (last_ints[:, age] + 1).clamp(max=cap), 0).to(ints.dtype)
+    return ints
+
+
 class MetricAccumulator:
     """Sums of errors and hits over an epoch, model and persistence side by side."""
 
@@ -171,12 +193,13 @@ class MetricAccumulator:
             values[f"field/{name}_acc"] = model_hit[i] + model_hit[len(BINARY_FIELDS) + i]
             values[f"baseline/field/{name}_acc"] = base_hit[i] + base_hit[len(BINARY_FIELDS) + i]
 
+        guesses = predicted_categoricals(outputs, batch.int_ctx[:, -1], layout)
         for name in layout.categoricals:
             model_hits = base_hits = change_hits = changes = 0
             for p in range(NUM_PLAYERS):
                 col = layout.categorical_col(p, name)
                 target, last = batch.int_tgt[:, col], batch.int_ctx[:, -1, col]
-                guess = outputs[f"p{p}_{name}_logits"].argmax(-1)
+                guess = guesses[:, col]
                 model_hits = model_hits + (guess == target).float().sum()
                 base_hits = base_hits + (last == target).float().sum()
                 if name == "action":

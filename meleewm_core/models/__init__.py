@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
-from meleewm_core.encoding import NUM_PLAYERS, HeadLayout
-from meleewm_core.metrics import cached_tensor
+from meleewm_core.encoding import HeadLayout
+from meleewm_core.metrics import cached_tensor, predicted_categoricals
 from meleewm_core.models.mlp import FrameStackMLP
 
 MODELS: dict[str, type[nn.Module]] = {"frame_stack_mlp": FrameStackMLP}
@@ -59,18 +59,7 @@ def predicted_frame(
     floats[:, cached_tensor(tuple(spec.controller_cols), device)] = next_ctrl[
         :, : len(spec.controller_cols)
     ].float()
-    ints = last_ints.clone()
-    for key, player, name, _ in layout.logit_heads:
-        ints[:, layout.categorical_col(player, name)] = outputs[key].argmax(dim=-1).to(ints.dtype)
-    if "action_age" in layout.categoricals:
-        # Derived from the predicted action exactly as the encoding defines it (its head is right
-        # on 88% of frames one step ahead; the rule is exact, and a rollout whose ages stop
-        # counting never reaches the frame where a landing or a jump squat ends).
-        cap = spec.vocab("action_age") - 1
-        for player in range(NUM_PLAYERS):
-            action, age = spec.int_col(player, "action"), spec.int_col(player, "action_age")
-            kept = ints[:, action] == last_ints[:, action]
-            ints[:, age] = torch.where(kept, (last_ints[:, age] + 1).clamp(max=cap), 0).to(ints.dtype)
+    ints = predicted_categoricals(outputs, last_ints, layout)
     return floats, ints
 
 

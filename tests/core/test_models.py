@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from meleewm_core.config import EncodingConfig, ModelConfig
+from meleewm_core.data import Batch
 from meleewm_core.encoding import EncodingSpec
+from meleewm_core.metrics import MetricAccumulator
 from meleewm_core.models import MODELS, build_model, count_parameters, next_frame
 
 # (state_age_as_embed, press_events, heads) -> parameters; documented in the README (World model: Models and heads).
@@ -435,6 +437,11 @@ def test_next_frame_derives_action_age_from_the_predicted_action():
     outputs["p0_action_age_logits"] = torch.zeros_like(outputs["p0_action_age_logits"]).index_fill(
         1, torch.tensor([0]), 9.0
     )
-    _, ints = next_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], ctrl, model.layout)
+    floats, ints = next_frame(outputs, float_ctx[:, -1], int_ctx[:, -1], ctrl, model.layout)
     assert ints[:, action].tolist() == [14, 14, 20]
     assert ints[:, age].tolist() == [6, cap, 0]
+
+    # The metrics score the frame's ages, not the head's: against that frame every age is right.
+    metrics = MetricAccumulator(model.layout)
+    metrics.update(outputs, Batch(float_ctx, int_ctx, ctrl, floats, ints), torch.zeros(()), {})
+    assert metrics.result()["field/action_age_acc"] == 1.0
