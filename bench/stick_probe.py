@@ -117,10 +117,9 @@ def main() -> None:
     args = parser.parse_args()
 
     run = load_run(args.run_dir, "cpu")
-    # open_val_data opens the games the manifest lists as validation games: here, the training ones.
-    run.manifest["game_md5s"]["val"] = run.manifest["game_md5s"]["train"]
     spec = run.layout.spec
-    floats, ints, games = val_arrays(open_val_data(run, DataRoot.from_env(args.data)))
+    training = run.manifest["game_md5s"]["train"]
+    floats, ints, games = val_arrays(open_val_data(run, DataRoot.from_env(args.data), training))
     frames = player_frames(floats, ints, games, spec)
     print(f"{len(frames['next'])} player-frames of {len(games)} training games")
     print_rules(frames)

@@ -39,10 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = load_run(args.run_dir, args.device)
-    if args.split == "train":
-        # open_val_data opens the games the manifest lists as validation games.
-        run.manifest["game_md5s"]["val"] = run.manifest["game_md5s"]["train"]
-    data = open_val_data(run, DataRoot.from_env(args.data))
+    data = open_val_data(run, DataRoot.from_env(args.data), run.manifest["game_md5s"][args.split])
     spec, context_len = run.layout.spec, run.experiment.model.context_len
     predict = model_predictor(run.model)
     floats, ints, games = val_arrays(data)

@@ -212,8 +212,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Evalua
     )
 
 
-def open_val_data(run: EvaluableRun, root) -> FrameData:
-    """The run's validation games from its shard set, every one marked ``val``."""
+def open_val_data(run: EvaluableRun, root, md5s: list[str] | None = None) -> FrameData:
+    """The run's validation games (or the games ``md5s`` names, e.g. its training games) from its
+    shard set, every one marked ``val``."""
     shards = run.manifest.get("shards", {})
     folder = Path(root.shards_dir) / shards.get("encoding_id", "")
     if not (folder / "index.json").is_file() and shards.get("path"):
@@ -224,12 +225,12 @@ def open_val_data(run: EvaluableRun, root) -> FrameData:
             f"nor at {shards.get('path')!r}; encode the games with the run's encoding first"
         )
     data = FrameData.from_shards(folder, run.spec)
-    wanted = set(run.val_md5s)
+    wanted = set(run.val_md5s if md5s is None else md5s)
     games = [replace(g, split="val") for g in data.games if g.md5 in wanted]
     missing = wanted - {g.md5 for g in games}
     if missing:
         raise EvalError(
-            f"{folder}: {len(missing)} validation game(s) of the run are not in the shards, e.g. {min(missing)}"
+            f"{folder}: {len(missing)} game(s) of the run are not in the shards, e.g. {min(missing)}"
         )
     return FrameData(data.spec, data.shards, games, data.data_fingerprint, data.anomalies)
 
