@@ -146,12 +146,14 @@ class ModelConfig(StrictModel):
     # head) and delta_gate.
     stage_surfaces: bool = False
     # Each player's action and jumps logits also get logits from a small MLP shared by both
-    # players that sees only that player's last frame (its floats and categorical embeddings) and
-    # its own controller of the predicted frame. Pressing jump while standing, dashing or shielding
-    # starts the jump squat on 97-100% of training frames, yet the trunk, whose ~2,000 inputs
-    # dilute one button among them, put a median probability of 0.2 on it after an epoch (exp-7a
-    # on "two"). Adding the same MLP's terms to the player's deltas and binaries was tried and
-    # made the one-step y error worse (0.42 against 0.34).
+    # players that sees only that player's last frame (its floats and categorical embeddings), its
+    # own controller of the predicted frame and its sticks as deflection and push toward the
+    # facing side. Melee starts most actions from the player's own buttons (jump pressed while
+    # standing, dashing or shielding starts the jump squat on 2,451 of 2,502 training frames of
+    # "two": bench/stick_probe.py), yet the trunk, whose ~2,000 inputs dilute one button among
+    # them, found 1 of 484 stand-to-dash starts of its training games (bench/transitions.py).
+    # Adding the same MLP's terms to the player's deltas and binaries made the one-step y error
+    # worse (0.42 against 0.34, BENCHMARKS.md).
     transition_head: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's

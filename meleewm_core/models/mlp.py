@@ -329,6 +329,7 @@ class FrameStackMLP(nn.Module):
         inputs = []
         for p in range(NUM_PLAYERS):
             own_ctrl = next_ctrl.index_select(1, self.transition_ctrl_cols[p]).float()
+            # A player's controller columns start with its sticks (CONTROLLER_FIELDS' order).
             sticks = stick_features(
                 last_floats.index_select(1, self.transition_stick_cols[p]).float(),
                 own_ctrl[:, : len(STICK_FIELDS)],
