@@ -190,11 +190,6 @@ class TrainConfig(StrictModel):
     # change and uses a Huber loss: respawn teleports (a delta 300x the typical one) no longer
     # dominate, and the loss tracks the MAE the metrics report.
     continuous_loss: Literal["mse", "mse_normalized", "huber_normalized"] = "mse"
-    # Score each field, in the loss and the metrics, only on games whose replays record it. Fields
-    # newer than a replay's Slippi version are null there and encoded as a default (on_ground 1,
-    # velocities 0, ...): 23 of the 118 "two" training games never leave the ground and 33 never
-    # move at a recorded velocity. Off: every frame counts, as in the reference.
-    skip_unrecorded: bool = False
     loss_weights: LossWeights = LossWeights()
     device: str = "auto"
     # "auto": GPU-resident on CUDA, in RAM otherwise. "memmap" streams from the shard files.

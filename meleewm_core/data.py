@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec
+from meleewm_core.encoding import EncodingSpec
 from meleewm_core.shards import ShardError, check_shard_shapes, read_index, shard_arrays, split_of
 
 
@@ -42,23 +42,17 @@ class Batch(NamedTuple):
     ahead_ctrl: torch.Tensor | None = None
     ahead_float: torch.Tensor | None = None
     ahead_int: torch.Tensor | None = None
-    # With ``train.skip_unrecorded``: (B,) int32, bit i set where the window's game does not
-    # record ``EncodingSpec.state_fields[i]`` (the replay predates the field); else None.
-    unrecorded: torch.Tensor | None = None
 
     def step(self, j: int, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> Batch:
         """The one-step batch predicting the ``j``-th frame (0 = the target) from the given context."""
         if j == 0:
-            return Batch(
-                float_ctx, int_ctx, self.next_ctrl, self.float_tgt, self.int_tgt, unrecorded=self.unrecorded
-            )
+            return Batch(float_ctx, int_ctx, self.next_ctrl, self.float_tgt, self.int_tgt)
         return Batch(
             float_ctx,
             int_ctx,
             self.ahead_ctrl[:, j - 1],
             self.ahead_float[:, j - 1],
             self.ahead_int[:, j - 1],
-            unrecorded=self.unrecorded,
         )
 
     @property
@@ -77,8 +71,6 @@ class GameSpan:
     offset: int  # first row inside that shard
     num_frames: int
     split: str
-    # State fields the replay does not record: null on every frame (newer than its Slippi version).
-    unrecorded: tuple[str, ...] = ()
 
 
 @dataclass
@@ -121,20 +113,7 @@ class FrameData:
         shards = [shard_arrays(folder, name, mmap=mmap) for name in names]
         position = {name: i for i, name in enumerate(names)}
         games = [
-            GameSpan(
-                g.md5,
-                position[g.shard],
-                g.offset,
-                g.num_frames,
-                split_of(g.md5, train_percent),
-                tuple(
-                    sorted(
-                        name
-                        for name, counts in g.anomalies.items()
-                        if counts.get("null", 0) >= NUM_PLAYERS * g.num_frames
-                    )
-                ),
-            )
+            GameSpan(g.md5, position[g.shard], g.offset, g.num_frames, split_of(g.md5, train_percent))
             for g in entries
         ]
         return cls(spec, shards, games, data_fingerprint(g.md5 for g in entries), index.anomalies)
@@ -148,16 +127,6 @@ class FrameData:
             ints = torch.from_numpy(_joined([i for _, i in self.shards])).to(device)
             cache[str(device)] = (floats, ints)
         return cache[str(device)]
-
-    def unrecorded_bits(self) -> list[np.ndarray]:
-        """Per shard, one int32 per row: bit i set where the row's game does not record
-        ``spec.state_fields[i]``."""
-        bit = {name: 1 << i for i, name in enumerate(self.spec.state_fields)}
-        per_shard = [np.zeros(len(floats), dtype=np.int32) for floats, _ in self.shards]
-        for game in self.games:
-            mask = sum(bit[name] for name in game.unrecorded if name in bit)
-            per_shard[game.shard][game.offset : game.offset + game.num_frames] = mask
-        return per_shard
 
     def md5s(self, split: str) -> list[str]:
         return [g.md5 for g in self.games if g.split == split]
@@ -189,15 +158,10 @@ class WindowColumns:
 
 
 def gather_batch(
-    floats: torch.Tensor,
-    ints: torch.Tensor,
-    targets: torch.Tensor,
-    cols: WindowColumns,
-    unrecorded: torch.Tensor | None = None,
+    floats: torch.Tensor, ints: torch.Tensor, targets: torch.Tensor, cols: WindowColumns
 ) -> Batch:
     """Windows ending at each row of ``targets`` (rows of ``floats``/``ints``, on their device),
-    with the ``cols.horizon - 1`` frames after each target and, given the per-row
-    ``unrecorded`` bits, the target rows' bits."""
+    with the ``cols.horizon - 1`` frames after each target."""
     k = cols.context_len
     rows = targets[:, None] + cols.offsets  # (B, K+H)
     float_win = floats[rows]
@@ -211,10 +175,7 @@ def gather_batch(
     ahead = (
         (next_ctrl[:, 1:], predicted[:, 1:], int_win[:, k + 1 :]) if cols.horizon > 1 else (None, None, None)
     )
-    missing = unrecorded[targets] if unrecorded is not None else None
-    return Batch(
-        float_win[:, :k], int_win[:, :k], next_ctrl[:, 0], predicted[:, 0], int_win[:, k], *ahead, missing
-    )
+    return Batch(float_win[:, :k], int_win[:, :k], next_ctrl[:, 0], predicted[:, 0], int_win[:, k], *ahead)
 
 
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
@@ -244,7 +205,6 @@ class ResidentBatches:
         max_batches: int | None = None,
         drop_last: bool = False,
         horizon: int = 1,
-        unrecorded: bool = False,
     ):
         self.device = torch.device(device)
         per_shard = data.targets(split, context_len, horizon)
@@ -254,9 +214,6 @@ class ResidentBatches:
         self.floats, self.ints = data.tensors(self.device)
         all_targets = np.concatenate([t + offsets[s] for s, t in enumerate(per_shard)])
         self.targets = torch.from_numpy(all_targets).to(self.device)
-        self.unrecorded = (
-            torch.from_numpy(np.concatenate(data.unrecorded_bits())).to(self.device) if unrecorded else None
-        )
         self.cols = WindowColumns(data.spec, context_len, self.device, horizon)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -282,7 +239,7 @@ class ResidentBatches:
             targets = self.targets
         for i in range(len(self)):
             chunk = targets[i * self.batch_size : (i + 1) * self.batch_size]
-            yield gather_batch(self.floats, self.ints, chunk, self.cols, self.unrecorded)
+            yield gather_batch(self.floats, self.ints, chunk, self.cols)
 
 
 class MemmapBatches:
@@ -300,10 +257,8 @@ class MemmapBatches:
         seed: int = 0,
         max_batches: int | None = None,
         horizon: int = 1,
-        unrecorded: bool = False,
     ):
         self.data = data
-        self.unrecorded = data.unrecorded_bits() if unrecorded else None
         self.device = torch.device(device)
         self.per_shard = data.targets(split, context_len, horizon)
         if sum(len(t) for t in self.per_shard) == 0:
@@ -333,11 +288,6 @@ class MemmapBatches:
             floats_map, ints_map = self.data.shards[shard]
             floats = torch.from_numpy(np.array(floats_map[first:last])).to(self.device)
             ints = torch.from_numpy(np.array(ints_map[first:last])).to(self.device)
-            bits = (
-                torch.from_numpy(self.unrecorded[shard][first:last]).to(self.device)
-                if self.unrecorded is not None
-                else None
-            )
             local = targets - first
             if self.shuffle:
                 local = self.rng.permutation(local)
@@ -345,7 +295,7 @@ class MemmapBatches:
             for i in range(0, len(local), self.batch_size):
                 if self.max_batches is not None and produced >= self.max_batches:
                     return
-                yield gather_batch(floats, ints, local[i : i + self.batch_size], self.cols, bits)
+                yield gather_batch(floats, ints, local[i : i + self.batch_size], self.cols)
                 produced += 1
 
 
@@ -361,11 +311,9 @@ def make_batches(
     seed: int = 0,
     max_batches: int | None = None,
     horizon: int = 1,
-    unrecorded: bool = False,
 ):
     """``mode``: "memory", "memmap", "gpu" or "auto" (GPU-resident on CUDA, else in RAM).
-    ``horizon`` > 1 adds the frames after each target (``Batch.ahead_*``) for multi-step training;
-    ``unrecorded`` adds each window's ``Batch.unrecorded`` bits."""
+    ``horizon`` > 1 adds the frames after each target (``Batch.ahead_*``) for multi-step training."""
     device = torch.device(device)
     if mode == "auto":
         mode = "gpu" if device.type == "cuda" else "memory"
@@ -376,7 +324,6 @@ def make_batches(
         seed=seed,
         max_batches=max_batches,
         horizon=horizon,
-        unrecorded=unrecorded,
     )
     if mode == "memmap":
         return MemmapBatches(data, split, device=device, **kwargs)

@@ -157,12 +157,6 @@ class EncodingSpec:
         )
         return (*PLAYER_CATEGORICALS, *(name for name, on in optional if on))
 
-    @cached_property
-    def state_fields(self) -> tuple[str, ...]:
-        """Every per-player field of the game state, in a fixed order: a field's position is its
-        bit in ``data.Batch.unrecorded``."""
-        return (*self.continuous_fields, *BINARY_FIELDS, *self.categorical_fields)
-
     @property
     def continuous_dim(self) -> int:
         return len(self.continuous_fields)

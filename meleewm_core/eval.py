@@ -827,7 +827,6 @@ def evaluate_run(
         context_len=context_len,
         device=run.device,
         shuffle=False,
-        unrecorded=run.experiment.train.skip_unrecorded,
     )
     out_dir = run.run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

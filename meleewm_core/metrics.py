@@ -42,27 +42,6 @@ def true_delta(batch, layout: HeadLayout) -> torch.Tensor:
     return batch.float_tgt.index_select(1, cols) - batch.float_ctx[:, -1].index_select(1, cols)
 
 
-def recorded_mask(batch, names: list[str], layout: HeadLayout) -> torch.Tensor | None:
-    """(B, len(names)) float: 1 where the window's game records the field, 0 where the replay
-    predates it (the encoded value is a default, not an observation); None when the batch carries
-    no ``unrecorded`` bits (every field counts)."""
-    bits_per_row = getattr(batch, "unrecorded", None)
-    if bits_per_row is None:
-        return None
-    order = layout.spec.state_fields
-    bits = cached_tensor(tuple(1 << order.index(name) for name in names), bits_per_row.device)
-    return ((bits_per_row[:, None] & bits) == 0).float()
-
-
-def _mean(values: torch.Tensor, weight: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
-    """The mean of ``values`` over ``dim`` (all if None), over the entries ``weight`` keeps."""
-    if weight is None:
-        return values.mean() if dim is None else values.mean(dim)
-    if dim is None:
-        return (values * weight).sum() / weight.sum().clamp(min=1)
-    return (values * weight).sum(dim) / weight.sum(dim).clamp(min=1)
-
-
 def _continuous_weights(layout: HeadLayout, weights: LossWeights) -> list[float]:
     def weight(name: str) -> float:
         if name in CORE_CONTINUOUS_FIELDS:
@@ -118,31 +97,19 @@ def compute_loss(
     pred = outputs["continuous_delta_raw" if gated else "continuous_delta"].float()
     error = _delta_error(pred, target, delta_scale, robust)
     column_weights = cached_tensor(tuple(_continuous_weights(layout, weights)), error.device)
-    recorded = recorded_mask(batch, [n for _ in range(NUM_PLAYERS) for n in layout.continuous], layout)
     if gated:
         # The magnitude is learned where the field changes; the gate learns whether it does.
         changed = (target.abs() > CHANGE_EPSILON).float()
-        column_error = _mean(error, changed if recorded is None else changed * recorded, dim=0)
-        gate_logits = outputs["continuous_change_logits"].float()
-        if recorded is None:
-            gate_loss = F.binary_cross_entropy_with_logits(gate_logits, changed)
-        else:
-            gate_loss = _mean(F.binary_cross_entropy_with_logits(gate_logits, changed, reduction="none"), recorded)
+        column_error = (error * changed).sum(0) / changed.sum(0).clamp(min=1)
+        gate_loss = F.binary_cross_entropy_with_logits(outputs["continuous_change_logits"].float(), changed)
     else:
-        column_error = _mean(error, recorded, dim=0)
+        column_error = error.mean(0)
     # Per-column mean, weighted: with one weight for all columns this equals weight * MSE.
     cont_loss = (column_error * column_weights).mean()
 
     binary_cols = cached_tensor(tuple(layout.binary_cols), error.device)
     binary_target = batch.float_tgt.index_select(1, binary_cols)
-    binary_logits = outputs["binary_logits"].float()
-    binary_recorded = recorded_mask(batch, [n for _ in range(NUM_PLAYERS) for n in BINARY_FIELDS], layout)
-    if binary_recorded is None:
-        bin_loss = F.binary_cross_entropy_with_logits(binary_logits, binary_target)
-    else:
-        bin_loss = _mean(
-            F.binary_cross_entropy_with_logits(binary_logits, binary_target, reduction="none"), binary_recorded
-        )
+    bin_loss = F.binary_cross_entropy_with_logits(outputs["binary_logits"].float(), binary_target)
 
     parts = {"continuous": cont_loss, "binary": bin_loss}
     total = cont_loss + weights.binary * bin_loss
@@ -150,17 +117,15 @@ def compute_loss(
         parts["change_gate"] = gate_loss
         total = total + weights.change_gate * gate_loss
     for name in layout.categoricals:
-        field_recorded = recorded_mask(batch, [name], layout)
-        field_loss = 0.0
-        for p in range(NUM_PLAYERS):
-            logits = outputs[f"p{p}_{name}_logits"].float()
-            target_ids = batch.int_tgt[:, layout.categorical_col(p, name)]
-            if field_recorded is None:
-                field_loss = field_loss + F.cross_entropy(logits, target_ids)
-            else:
-                losses = F.cross_entropy(logits, target_ids, reduction="none")
-                field_loss = field_loss + _mean(losses, field_recorded[:, 0])
-        field_loss = field_loss / NUM_PLAYERS
+        field_loss = (
+            sum(
+                F.cross_entropy(
+                    outputs[f"p{p}_{name}_logits"].float(), batch.int_tgt[:, layout.categorical_col(p, name)]
+                )
+                for p in range(NUM_PLAYERS)
+            )
+            / NUM_PLAYERS
+        )
         weight = {"action": weights.action, "jumps": weights.jumps}.get(name, weights.categorical)
         parts[name] = field_loss
         total = total + weight * field_loss
@@ -212,50 +177,37 @@ class MetricAccumulator:
         scales = cached_tensor(
             tuple(spec.scale(n) for _ in range(NUM_PLAYERS) for n in layout.continuous), delta.device
         )
-        recorded = recorded_mask(batch, [n for _ in range(NUM_PLAYERS) for n in layout.continuous], layout)
-        keep = 1.0 if recorded is None else recorded
-        model_err = ((pred - delta).abs() / scales * keep).sum(0)
-        base_err = (delta.abs() / scales * keep).sum(0)
+        model_err = ((pred - delta).abs() / scales).sum(0)
+        base_err = (delta.abs() / scales).sum(0)
         n = len(layout.continuous)
         for i, name in enumerate(layout.continuous):
             values[f"field/{name}_mae"] = model_err[i] + model_err[n + i]
             values[f"baseline/field/{name}_mae"] = base_err[i] + base_err[n + i]
-            if recorded is not None:
-                values[f"count/field/{name}_mae"] = recorded[:, i].sum() + recorded[:, n + i].sum()
 
         binary_cols = cached_tensor(tuple(layout.binary_cols), delta.device)
         binary_target = batch.float_tgt.index_select(1, binary_cols)
         binary_last = batch.float_ctx[:, -1].index_select(1, binary_cols)
-        recorded = recorded_mask(batch, [n for _ in range(NUM_PLAYERS) for n in BINARY_FIELDS], layout)
-        keep = 1.0 if recorded is None else recorded
-        model_hit = (((outputs["binary_logits"] > 0).float() == binary_target).float() * keep).sum(0)
-        base_hit = ((binary_last == binary_target).float() * keep).sum(0)
-        n = len(BINARY_FIELDS)
+        model_hit = ((outputs["binary_logits"] > 0).float() == binary_target).float().sum(0)
+        base_hit = (binary_last == binary_target).float().sum(0)
         for i, name in enumerate(BINARY_FIELDS):
-            values[f"field/{name}_acc"] = model_hit[i] + model_hit[n + i]
-            values[f"baseline/field/{name}_acc"] = base_hit[i] + base_hit[n + i]
-            if recorded is not None:
-                values[f"count/field/{name}_acc"] = recorded[:, i].sum() + recorded[:, n + i].sum()
+            values[f"field/{name}_acc"] = model_hit[i] + model_hit[len(BINARY_FIELDS) + i]
+            values[f"baseline/field/{name}_acc"] = base_hit[i] + base_hit[len(BINARY_FIELDS) + i]
 
         guesses = predicted_categoricals(outputs, batch.int_ctx[:, -1], layout)
         for name in layout.categoricals:
-            recorded = recorded_mask(batch, [name], layout)
-            keep = 1.0 if recorded is None else recorded[:, 0]
             model_hits = base_hits = change_hits = changes = 0
             for p in range(NUM_PLAYERS):
                 col = layout.categorical_col(p, name)
                 target, last = batch.int_tgt[:, col], batch.int_ctx[:, -1, col]
                 guess = guesses[:, col]
-                model_hits = model_hits + ((guess == target).float() * keep).sum()
-                base_hits = base_hits + ((last == target).float() * keep).sum()
+                model_hits = model_hits + (guess == target).float().sum()
+                base_hits = base_hits + (last == target).float().sum()
                 if name == "action":
                     changed = last != target
                     changes = changes + changed.float().sum()
                     change_hits = change_hits + ((guess == target) & changed).float().sum()
             values[f"field/{name}_acc"] = model_hits
             values[f"baseline/field/{name}_acc"] = base_hits
-            if recorded is not None:
-                values[f"count/field/{name}_acc"] = recorded.sum() * NUM_PLAYERS
             if name == "action":
                 values["action_changes"] = changes
                 values["action_change_hits"] = change_hits
@@ -270,20 +222,18 @@ class MetricAccumulator:
             self.sums = self.sums + vector
 
     def result(self) -> dict[str, float]:
-        """Epoch averages: losses per sample, MAEs in game units, accuracies in 0..1; a field's
-        averages cover the player-frames whose game records it (all, without ``unrecorded`` bits)."""
+        """Epoch averages: losses per sample, MAEs in game units, accuracies in 0..1."""
         if self.sums is None:
             return {}
         sums = dict(zip(self.keys, self.sums.double().cpu().tolist(), strict=True))
         count = max(sums.pop("count"), 1.0)
         per_player = count * NUM_PLAYERS
-        recorded = {key.removeprefix("count/"): sums.pop(key) for key in list(sums) if key.startswith("count/")}
         out: dict[str, float] = {}
         for key, value in sums.items():
             if key.startswith("loss"):
                 out[key] = value / count
             elif key.startswith(("field/", "baseline/field/")):
-                out[key] = value / max(recorded.get(key.removeprefix("baseline/"), per_player), 1.0)
+                out[key] = value / per_player
         changes = sums.get("action_changes", 0.0)
         out["action_acc"] = out["field/action_acc"]
         out["baseline/action_acc"] = out["baseline/field/action_acc"]

@@ -644,13 +644,7 @@ def train_run(
             f"{folder}: {len(train_md5s)} training and {len(val_md5s)} validation games with "
             f"train_percent={cfg.train_percent}; both splits need a game (add games or change train.train_percent)"
         )
-    batch_args = dict(
-        mode=cfg.loader,
-        context_len=experiment.model.context_len,
-        device=device,
-        seed=cfg.seed,
-        unrecorded=cfg.skip_unrecorded,
-    )
+    batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
     train_batches = make_batches(
         data,
         "train",
