@@ -155,6 +155,13 @@ class ModelConfig(StrictModel):
     # Adding the same MLP's terms to the player's deltas and binaries made the one-step y error
     # worse (0.42 against 0.34, BENCHMARKS.md).
     transition_head: bool = False
+    # With transition_head: its MLP also adds to the player's binary logits (facing, invulnerable,
+    # on_ground). Take-off and landing follow from what the head sees (jump squat ending, height
+    # above the surface beneath); without it exp-7e flips on_ground wrongly more often than
+    # persistence (0.969 against 0.981 one step ahead on "two"), with it 0.981-0.982 in 4 of 5
+    # runs ahead of persistence. The price: rollout position error at step 60 13.9-14.4 against
+    # exp-7e's 13.4-13.7 (same code and machine, BENCHMARKS.md), so exp-7e leaves it off.
+    transition_binaries: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

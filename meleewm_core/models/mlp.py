@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
-from meleewm_core.encoding import NUM_PLAYERS, STICK_FIELDS, EncodingSpec, head_layout
+from meleewm_core.encoding import BINARY_FIELDS, NUM_PLAYERS, STICK_FIELDS, EncodingSpec, head_layout
 from meleewm_core.models import layers
 
 # ``normalized_dynamics``: a column that barely varies in training divides by at least this, and
@@ -134,6 +134,10 @@ class FrameStackMLP(nn.Module):
         self.heads = nn.Linear(model.trunk_dim, sum(self.head_sizes.values()))
 
         self.transition_head = model.transition_head
+        if model.transition_binaries and not model.transition_head:
+            raise ValueError(
+                "model.transition_binaries needs model.transition_head (it adds to that head's outputs)"
+            )
         if model.transition_head:
             own_ctrl = [
                 [i for i, name in enumerate(spec.ctrl_names) if name.startswith(f"p{p}.")]
@@ -153,6 +157,9 @@ class FrameStackMLP(nn.Module):
                 + (2 if model.stage_surfaces else 0)
             )
             self.transition_sizes = [spec.vocab(name) for name in TRANSITION_HEADS]
+            self.transition_binaries = model.transition_binaries
+            if model.transition_binaries:
+                self.transition_sizes.append(len(BINARY_FIELDS))
             self.transition = nn.Sequential(
                 nn.Linear(width, TRANSITION_HIDDEN),
                 nn.ReLU(),
@@ -345,9 +352,16 @@ class FrameStackMLP(nn.Module):
                 parts.append(heights[:, 2 * p : 2 * p + 2].to(last_frame.dtype))
             inputs.append(torch.cat(parts, dim=1))
         per_player = self.transition(torch.cat(inputs)).chunk(NUM_PLAYERS)
+        binary_terms = []
         for p, logits in enumerate(per_player):
-            for name, term in zip(TRANSITION_HEADS, logits.split(self.transition_sizes, dim=1), strict=True):
+            terms = logits.split(self.transition_sizes, dim=1)
+            for name, term in zip(TRANSITION_HEADS, terms, strict=False):
                 outputs[f"p{p}_{name}_logits"] = outputs[f"p{p}_{name}_logits"] + term
+            if self.transition_binaries:
+                binary_terms.append(terms[-1])
+        if binary_terms:
+            # binary_logits holds player 0's fields, then player 1's (HeadLayout.binary_cols).
+            outputs["binary_logits"] = outputs["binary_logits"] + torch.cat(binary_terms, dim=1)
 
     def embed_frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
         """(B, K, float_per_frame) + (B, K, int_per_frame) -> (B, K, frame_embed_dim)."""

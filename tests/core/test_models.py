@@ -404,6 +404,46 @@ def test_transition_head_starts_as_the_model_without_it_and_reads_one_players_ow
     assert not torch.allclose(p1_change, p1_trunk)
 
 
+def test_transition_binaries_start_at_zero_and_move_only_the_players_own_binaries():
+    encoding = EncodingConfig(state_age_as_embed=True, press_events=True, action_age_as_embed=True)
+    spec = EncodingSpec(encoding)
+    head = ModelConfig(heads="full_state", persistence_prior=True, transition_head=True)
+    model = build_model(encoding, head.model_copy(update={"transition_binaries": True})).eval()
+    without = build_model(encoding, head).eval()
+    assert count_parameters(model) - count_parameters(without) == (128 + 1) * 3
+    float_ctx = torch.rand(6, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 3, (6, 10, spec.int_per_frame))
+    ctrl = torch.rand(6, spec.ctrl_conditioning_dim)
+    shared = {k: v for k, v in model.state_dict().items() if not k.startswith("transition.2.")}
+    without.load_state_dict(shared, strict=False)
+    with torch.no_grad():  # the same trained action/jumps part in both, zero binary rows in ``model``
+        model.transition[-1].weight[:-3].normal_()
+        without.transition[-1].weight.copy_(model.transition[-1].weight[:-3])
+    torch.testing.assert_close(
+        model(float_ctx, int_ctx, ctrl)["binary_logits"], without(float_ctx, int_ctx, ctrl)["binary_logits"]
+    )
+
+    # Trained, player 0's on_ground logit follows player 0's controller; player 1's stick moves
+    # only player 1's binaries (beyond what the trunk does with it).
+    with torch.no_grad():
+        model.transition[-1].weight[-3:].normal_()
+    p1_stick = [i for i, name in enumerate(spec.ctrl_names) if name == "p1.main_x"]
+    moved = ctrl.clone()
+    moved[:, p1_stick] = 1 - moved[:, p1_stick]
+    change = (
+        model(float_ctx, int_ctx, moved)["binary_logits"] - model(float_ctx, int_ctx, ctrl)["binary_logits"]
+    )
+    trunk = (
+        without(float_ctx, int_ctx, moved)["binary_logits"]
+        - without(float_ctx, int_ctx, ctrl)["binary_logits"]
+    )
+    torch.testing.assert_close(change[:, :3], trunk[:, :3])
+    assert not torch.allclose(change[:, 3:], trunk[:, 3:])
+
+    with pytest.raises(ValueError, match="transition_binaries needs model.transition_head"):
+        build_model(encoding, ModelConfig(heads="full_state", transition_binaries=True))
+
+
 def test_stick_features_give_deflection_and_push_toward_the_facing_direction():
     from meleewm_core.models.mlp import stick_features
 
