@@ -374,3 +374,42 @@ def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_
         model.transition[-1].bias.zero_()
         without = model(float_ctx, int_ctx, ctrl)["p0_action_logits"]
     assert not torch.allclose(with_head, without)
+
+
+def test_on_ground_follows_the_predicted_action_where_the_training_games_say_it_always_does(root):
+    from meleewm_core.models.mlp import ACTION_GROUND_LOGIT
+    from meleewm_core.train import action_ground_rule, ensure_shards
+
+    model_cfg = ModelConfig(heads="full_state", persistence_prior=True, on_ground_from_action=True)
+    exp = experiment("ground_rule", model=model_cfg)
+    spec = EncodingSpec(exp.encoding)
+    data = FrameData.from_shards(
+        ensure_shards(exp, root, progress=False), spec, train_percent=QUICK.train_percent
+    )
+    rule = action_ground_rule(data)
+    # Melee's own split: standing, the jump squat and landing are ground states; jumping and falling are not.
+    wait, jump_squat, jump_forward, fall, landing = 14, 24, 25, 29, 42
+    assert rule[[wait, jump_squat, landing]].tolist() == [1.0, 1.0, 1.0]
+    assert rule[[jump_forward, fall]].tolist() == [-1.0, -1.0]
+    assert (rule == 0).any() and rule[400:].eq(0).all()  # undecided ones (and unseen ids) stay with the head
+
+    result = train_run(exp, root, progress=False)
+    model = load_checkpoint(result.best_checkpoint).model.eval()
+    assert torch.equal(model.action_ground, rule)
+    float_ctx = torch.rand(64, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 3, (64, 10, spec.int_per_frame))
+    for p in range(2):
+        int_ctx[:, :, spec.int_col(p, "action")] = torch.randint(0, 60, (64, 10))
+    ctrl = torch.rand(64, spec.ctrl_conditioning_dim)
+    with torch.no_grad():
+        outputs = model(float_ctx, int_ctx, ctrl)
+        model.action_ground.zero_()
+        head_alone = model(float_ctx, int_ctx, ctrl)["binary_logits"]
+    for p in range(2):
+        slot = model.layout.binary_cols.index(spec.float_col(p, "on_ground"))
+        decided = rule[outputs[f"p{p}_action_logits"].argmax(1)]
+        logits = outputs["binary_logits"][:, slot]
+        torch.testing.assert_close(logits[decided != 0], ACTION_GROUND_LOGIT * decided[decided != 0])
+        torch.testing.assert_close(logits[decided == 0], head_alone[decided == 0, slot])
+    predicted = torch.cat([outputs[f"p{p}_action_logits"].argmax(1) for p in range(2)])
+    assert (rule[predicted] != 0).any() and (rule[predicted] == 0).any()  # both branches were checked
