@@ -162,11 +162,6 @@ class ModelConfig(StrictModel):
     # runs ahead of persistence. The price: rollout position error at step 60 13.9-14.4 against
     # exp-7e's 13.4-13.7 (same code and machine, BENCHMARKS.md), so exp-7e leaves it off.
     transition_binaries: bool = False
-    # on_ground follows the predicted action wherever the training games say that action is
-    # always grounded or always airborne (Wait, Landing, JumpF, aerials: 156 of the actions of
-    # "two"; train.action_ground_rule); the head decides the rest. exp-7e calls it wrongly more
-    # often than persistence (take-offs missed, landings mistimed), while its actions are right.
-    on_ground_from_action: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

@@ -526,34 +526,6 @@ def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
-def action_ground_rule(
-    data: FrameData, max_rows: int = 2_000_000, min_frames: int = 20, purity: float = 0.995
-) -> torch.Tensor:
-    """Per action id: 1 where the training games show it grounded on at least ``purity`` of its
-    player-frames (and at least ``min_frames`` of them), -1 where airborne, 0 otherwise. Games
-    whose on_ground is 1 on every frame are left out: their replays predate the airborne flag
-    (Slippi < 2.0), whose default is "grounded"."""
-    spec = data.spec
-    counts = np.zeros((spec.vocab("action"), 2))
-    rows = 0
-    for game in data.games:
-        if game.split != "train" or rows >= max_rows:
-            continue
-        floats, ints = (
-            array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard]
-        )
-        grounded = np.asarray(floats[:, spec.float_cols(("on_ground",))]) > 0.5
-        if grounded.all():
-            continue
-        actions = np.asarray(ints[:, [spec.int_col(p, "action") for p in range(NUM_PLAYERS)]], dtype=np.int64)
-        np.add.at(counts, (actions.ravel(), grounded.ravel().astype(np.int64)), 1)
-        rows += game.num_frames
-    total = counts.sum(1)
-    share = counts[:, 1] / np.maximum(total, 1)
-    rule = np.where(share >= purity, 1.0, np.where(share <= 1 - purity, -1.0, 0.0))
-    return torch.tensor(np.where(total >= min_frames, rule, 0.0), dtype=torch.float32)
-
-
 def stage_surfaces(
     data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -728,8 +700,6 @@ def train_run(
             model.calibrate_dynamics(mean.to(device), spread.to(device), units)
         if experiment.model.stage_surfaces and hasattr(model, "calibrate_surfaces"):
             model.calibrate_surfaces(*(part.to(device) for part in stage_surfaces(data)))
-        if experiment.model.on_ground_from_action and hasattr(model, "calibrate_action_ground"):
-            model.calibrate_action_ground(action_ground_rule(data).to(device))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

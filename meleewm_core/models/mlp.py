@@ -33,9 +33,6 @@ SURFACE_TOLERANCE = 0.1
 # ``transition_head``: width of its hidden layer, and the heads it adds to.
 TRANSITION_HIDDEN = 128
 TRANSITION_HEADS = ("action", "jumps")
-# ``on_ground_from_action``: the on_ground logit set where the predicted action decides it (a
-# probability of 1 - 2e-9: no head's term overrules it).
-ACTION_GROUND_LOGIT = 20.0
 # Per stick axis its deflection, and per x axis the push toward the way the player faces, for the
 # last and the predicted frame's controller: 2 * (4 + 2).
 STICK_FEATURES = 12
@@ -172,15 +169,6 @@ class FrameStackMLP(nn.Module):
             nn.init.zeros_(self.transition[-1].weight)
             nn.init.zeros_(self.transition[-1].bias)
 
-        self.on_ground_from_action = model.on_ground_from_action
-        if model.on_ground_from_action:
-            # Per action id: 1 always grounded, -1 always airborne, 0 either (train.action_ground_rule).
-            self.register_buffer("action_ground", torch.zeros(spec.vocab("action")))
-            slots = [
-                self.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in range(NUM_PLAYERS)
-            ]
-            self.register_buffer("on_ground_slots", torch.tensor(slots), persistent=False)
-
         self.motion_prior = model.motion_prior
         self.motion_gate = model.motion_gate
         if model.motion_prior:
@@ -262,22 +250,6 @@ class FrameStackMLP(nn.Module):
         self.float_mean.copy_(float_mean)
         self.float_std.copy_(float_std.clamp(min=STD_FLOOR))
         self.delta_scale.copy_(delta_scale)
-
-    @torch.no_grad()
-    def calibrate_action_ground(self, rule: torch.Tensor) -> None:
-        """Set which actions decide on_ground (``on_ground_from_action``), as measured by
-        ``train.action_ground_rule``."""
-        self.action_ground.copy_(rule)
-
-    def on_ground_from_actions(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The binary logits with each player's on_ground set by its predicted action where that
-        action is always grounded or always airborne."""
-        logits = outputs["binary_logits"]
-        rules = torch.stack(
-            [self.action_ground[outputs[f"p{p}_action_logits"].argmax(1)] for p in range(NUM_PLAYERS)], dim=1
-        )
-        decided = torch.zeros_like(logits).index_copy(1, self.on_ground_slots, rules.to(logits.dtype))
-        return torch.where(decided != 0, ACTION_GROUND_LOGIT * decided, logits)
 
     @torch.no_grad()
     def calibrate_surfaces(self, line: torch.Tensor, extent: torch.Tensor, known: torch.Tensor) -> None:
@@ -434,8 +406,6 @@ class FrameStackMLP(nn.Module):
                     outputs[key] = keep_or_change(
                         outputs[key], outputs["categorical_change_logits"][:, i], last
                     )
-        if self.on_ground_from_action:
-            outputs["binary_logits"] = self.on_ground_from_actions(outputs)
         if self.motion_prior:
             # In float32: a bf16 sum would round the displacement to 3 significant digits.
             moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
