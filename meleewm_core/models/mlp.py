@@ -30,7 +30,8 @@ SNAP_DISTANCE = 5.0
 HEIGHT_UNIT = 10.0
 HEIGHT_CAP = 10.0
 SURFACE_TOLERANCE = 0.1
-# ``transition_head``: width of its hidden layer, and the heads it adds to.
+# ``transition_head``: width of its hidden layer, and the categorical heads it adds to (with
+# ``transition_binaries`` the player's binary logits too).
 TRANSITION_HIDDEN = 128
 TRANSITION_HEADS = ("action", "jumps")
 # Per stick axis its deflection, and per x axis the push toward the way the player faces, for the

@@ -423,8 +423,8 @@ def test_transition_binaries_start_at_zero_and_move_only_the_players_own_binarie
         model(float_ctx, int_ctx, ctrl)["binary_logits"], without(float_ctx, int_ctx, ctrl)["binary_logits"]
     )
 
-    # Trained, player 0's on_ground logit follows player 0's controller; player 1's stick moves
-    # only player 1's binaries (beyond what the trunk does with it).
+    # Trained (random binary rows): player 1's stick moves player 0's binaries only through the
+    # trunk, player 1's through the head too.
     with torch.no_grad():
         model.transition[-1].weight[-3:].normal_()
     p1_stick = [i for i, name in enumerate(spec.ctrl_names) if name == "p1.main_x"]
