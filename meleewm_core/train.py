@@ -155,17 +155,48 @@ def save_checkpoint(path: Path, model, optimizer, experiment: ExperimentConfig, 
         torch.save(payload, tmp)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint this version of meleewm cannot rebuild; the message names the file and why."""
+
+
+def _written_at(path: Path) -> str:
+    """ " (written at git commit X)" from the run manifest beside a checkpoint, if it says."""
+    try:
+        commit = json.loads((path.parent / "manifest.json").read_text()).get("git_commit")
+    except (OSError, ValueError):
+        commit = None
+    return f" (written at git commit {commit})" if commit else ""
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint from the checkpoint alone."""
+    from pydantic import ValidationError
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     state = torch.load(path, map_location=device, weights_only=False)
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    experiment = ExperimentConfig.model_validate(state["experiment"])
+        raise CheckpointError(
+            f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+        )
+    try:
+        experiment = ExperimentConfig.model_validate(state["experiment"])
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise CheckpointError(
+            f"{path}: its experiment config does not fit this version of meleewm{_written_at(path)}: "
+            f"{problems}; load it with the code that wrote it"
+        ) from None
     model = build_model(experiment.encoding, experiment.model)
-    model.load_state_dict(state["model_state"])
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its config builds in this version of "
+            f"meleewm{_written_at(path)}: {first}; load it with the code that wrote it"
+        ) from None
     model.to(device).eval()
     layout = head_layout(EncodingSpec(experiment.encoding), experiment.model.heads)
     return LoadedCheckpoint(model, experiment, layout, int(state["epoch"]), int(state["step"]), state)

@@ -374,3 +374,35 @@ def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_
         model.transition[-1].bias.zero_()
         without = model(float_ctx, int_ctx, ctrl)["p0_action_logits"]
     assert not torch.allclose(with_head, without)
+
+
+def test_a_checkpoint_this_version_cannot_rebuild_names_the_file_the_cause_and_the_commit(root, tmp_path):
+    from meleewm_core.train import CheckpointError
+
+    result = train_run(experiment("checkpoint_errors"), root, progress=False)
+    commit = json.loads((result.run_dir / "manifest.json").read_text())["git_commit"]
+    state = torch.load(result.best_checkpoint, weights_only=False)
+    shutil.copy(result.run_dir / "manifest.json", tmp_path / "manifest.json")
+
+    newer = tmp_path / "newer.pt"  # written by a version with an option this one lacks
+    torch.save(
+        {
+            **state,
+            "experiment": {
+                **state["experiment"],
+                "model": {**state["experiment"]["model"], "hit_head": True},
+            },
+        },
+        newer,
+    )
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(newer)
+    assert str(newer) in str(error.value) and "model.hit_head" in str(error.value)
+    assert (commit is None) or commit in str(error.value)
+
+    mismatched = tmp_path / "mismatched.pt"  # config and weights disagree
+    config = {**state["experiment"]["model"], "trunk_dim": 128}
+    torch.save({**state, "experiment": {**state["experiment"], "model": config}}, mismatched)
+    with pytest.raises(CheckpointError, match="weights do not fit") as error:
+        load_checkpoint(mismatched)
+    assert str(mismatched) in str(error.value) and "size mismatch" in str(error.value)
