@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import FrameData, make_batches, preflight
@@ -160,7 +160,7 @@ class CheckpointError(ValueError):
 
 
 def _written_at(path: Path) -> str:
-    """ " (written at git commit X)" from the run manifest beside a checkpoint, if it says."""
+    """The suffix " (written at git commit X)" from the run manifest beside a checkpoint, if it names one."""
     try:
         commit = json.loads((path.parent / "manifest.json").read_text()).get("git_commit")
     except (OSError, ValueError):
@@ -170,8 +170,6 @@ def _written_at(path: Path) -> str:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint from the checkpoint alone."""
-    from pydantic import ValidationError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
