@@ -229,9 +229,8 @@ class TrainConfig(StrictModel):
     # What the steps after the first are scored on: "all" heads (the loss is the mean over the
     # steps), or "position": the first step keeps the whole one-step loss and the later ones add
     # the mean x/y error only, so the categorical, binary and sparse heads are never trained to
-    # "correct" a drifted context (which costs them their one-step accuracy). "motion": x, y and
-    # the five velocities on the later steps, so the velocities fed back stay on track too.
-    rollout_loss: Literal["all", "position", "motion"] = "all"
+    # "correct" a drifted context (which costs them their one-step accuracy).
+    rollout_loss: Literal["all", "position"] = "all"
     wandb: bool = True
     wandb_project: str = "meleewm"
 

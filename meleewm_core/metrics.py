@@ -67,17 +67,15 @@ def position_loss(
     layout: HeadLayout,
     delta_scale: torch.Tensor | None = None,
     robust: bool = False,
-    fields: tuple[str, ...] = ("x", "y"),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The error of ``fields`` alone (x/y by default): the applied deltas (after any change gate)
-    against the real ones, measured like ``compute_loss`` measures every delta."""
-    names = [layout.spec.float_names[col].split(".")[1] for col in layout.continuous_cols]
-    slots = cached_tensor(tuple(i for i, name in enumerate(names) if name in fields), batch.float_tgt.device)
+    """The x/y error alone: the applied position deltas (after any change gate) against the
+    real ones, measured like ``compute_loss`` measures every delta."""
+    slots = cached_tensor(tuple(layout.position_slots), batch.float_tgt.device)
     pred = outputs["continuous_delta"].float().index_select(1, slots)
     target = true_delta(batch, layout).index_select(1, slots)
     scale = delta_scale.index_select(0, slots) if delta_scale is not None else None
     loss = _delta_error(pred, target, scale, robust).mean()
-    return loss, {"position" if fields == ("x", "y") else "motion": loss.detach()}
+    return loss, {"position": loss.detach()}
 
 
 def compute_loss(

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import FrameData, make_batches, preflight
-from meleewm_core.encoding import NUM_PLAYERS, VELOCITY_FIELDS, EncodingSpec, HeadLayout, head_layout
+from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, HeadLayout, head_layout
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
 
@@ -241,8 +241,7 @@ def _later_steps_loss(layout: HeadLayout, experiment: ExperimentConfig, delta_sc
     if experiment.train.rollout_loss == "all":
         return None
     robust = experiment.train.continuous_loss == "huber_normalized"
-    fields = ("x", "y") if experiment.train.rollout_loss == "position" else ("x", "y", *VELOCITY_FIELDS)
-    return lambda outputs, batch: position_loss(outputs, batch, layout, delta_scale, robust, fields)
+    return lambda outputs, batch: position_loss(outputs, batch, layout, delta_scale, robust)
 
 
 def rollout_loss(

@@ -309,39 +309,6 @@ def test_position_rollout_loss_scores_later_steps_on_x_and_y_and_normalized_dyna
     )
 
 
-def test_motion_rollout_loss_also_scores_the_velocities_of_the_later_steps(root):
-    from meleewm_core.encoding import VELOCITY_FIELDS
-    from meleewm_core.train import _later_steps_loss, typical_deltas
-
-    model_cfg = ModelConfig(
-        heads="full_state", persistence_prior=True, delta_gate=True, normalized_dynamics=True
-    )
-    train = QUICK.model_copy(update={"rollout_steps": 3, "continuous_loss": "huber_normalized"})
-    exp = experiment("motion", model=model_cfg, train=train.model_copy(update={"rollout_loss": "motion"}))
-    layout, data, batch = first_rollout_batch(exp, root)
-    model = build_model(exp.encoding, model_cfg).eval()
-    scale = typical_deltas(data, layout, "huber_normalized")
-    outputs = model(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
-    # Off by a little everywhere (an untrained model may hit a replay's unmoving velocities exactly).
-    outputs["continuous_delta"] = outputs["continuous_delta"] + 0.01
-    names = [layout.spec.float_names[col].split(".")[1] for col in layout.continuous_cols]
-    velocity_slots = [i for i, name in enumerate(names) if name in VELOCITY_FIELDS]
-    for rollout, part, reaches_velocities in (("position", "position", False), ("motion", "motion", True)):
-        later = _later_steps_loss(
-            layout,
-            exp.model_copy(update={"train": train.model_copy(update={"rollout_loss": rollout})}),
-            scale,
-        )
-        loss, parts = later(outputs, batch)
-        assert set(parts) == {part}
-        grad = torch.autograd.grad(loss, outputs["continuous_delta"], retain_graph=True)[0]
-        assert grad[:, layout.position_slots].abs().sum() > 0
-        assert (grad[:, velocity_slots].abs().sum() > 0) == reaches_velocities
-
-    result = train_run(exp, root, progress=False)
-    assert "loss/rollout_motion" in result.manifest["all_epochs"][-1]["train"]
-
-
 def test_stage_surfaces_are_measured_from_the_grounded_training_frames_and_travel_with_the_checkpoint(root):
     from meleewm_core.train import stage_surfaces
 
