@@ -158,8 +158,8 @@ class ModelConfig(StrictModel):
     # With transition_head: its MLP also adds to the player's binary logits (facing, invulnerable,
     # on_ground). Take-off and landing follow from what the head sees (jump squat ending, height
     # above the surface beneath); without it exp-7e flips on_ground wrongly more often than
-    # persistence (0.969 against 0.981 one step ahead on "two"), with it 0.981-0.982 in 4 of 5
-    # runs ahead of persistence. The price: rollout position error at step 60 13.9-14.4 against
+    # persistence (0.969 against 0.981 one step ahead on "two"), with it ahead of persistence
+    # in 4 of 5 runs (0.98097 against 0.98108 in the fifth). The price: rollout position error at step 60 13.9-14.4 against
     # exp-7e's 13.4-13.7 (same code and machine, BENCHMARKS.md), so exp-7e leaves it off.
     transition_binaries: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small

@@ -356,7 +356,7 @@ class FrameStackMLP(nn.Module):
         binary_terms = []
         for p, logits in enumerate(per_player):
             terms = logits.split(self.transition_sizes, dim=1)
-            for name, term in zip(TRANSITION_HEADS, terms, strict=False):
+            for name, term in zip(TRANSITION_HEADS, terms[: len(TRANSITION_HEADS)], strict=True):
                 outputs[f"p{p}_{name}_logits"] = outputs[f"p{p}_{name}_logits"] + term
             if self.transition_binaries:
                 binary_terms.append(terms[-1])
