@@ -231,6 +231,10 @@ class TrainConfig(StrictModel):
     # the mean x/y error only, so the categorical, binary and sparse heads are never trained to
     # "correct" a drifted context (which costs them their one-step accuracy).
     rollout_loss: Literal["all", "position"] = "all"
+    # Each training window is, with probability 1/2 per kind, replaced by its mirror image
+    # ("mirror": x, horizontal velocities, facing and sticks flipped, on stages whose surfaces
+    # pair up) or by itself with the players swapped ("swap_players"). Same number of windows.
+    augment: tuple[Literal["mirror", "swap_players"], ...] = ()
     wandb: bool = True
     wandb_project: str = "meleewm"
 

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from meleewm_core.augment import WindowAugment
 from meleewm_core.encoding import EncodingSpec
 from meleewm_core.shards import ShardError, check_shard_shapes, read_index, shard_arrays, split_of
 
@@ -158,14 +159,20 @@ class WindowColumns:
 
 
 def gather_batch(
-    floats: torch.Tensor, ints: torch.Tensor, targets: torch.Tensor, cols: WindowColumns
+    floats: torch.Tensor,
+    ints: torch.Tensor,
+    targets: torch.Tensor,
+    cols: WindowColumns,
+    augment: WindowAugment | None = None,
 ) -> Batch:
     """Windows ending at each row of ``targets`` (rows of ``floats``/``ints``, on their device),
-    with the ``cols.horizon - 1`` frames after each target."""
+    with the ``cols.horizon - 1`` frames after each target, each window augmented as a whole."""
     k = cols.context_len
     rows = targets[:, None] + cols.offsets  # (B, K+H)
     float_win = floats[rows]
     int_win = ints[rows].long()
+    if augment is not None:
+        float_win, int_win = augment(float_win, int_win)
     predicted = float_win[:, k:]  # (B, H, F)
     next_ctrl = predicted.index_select(2, cols.controller)
     if cols.buttons is not None:
@@ -205,8 +212,10 @@ class ResidentBatches:
         max_batches: int | None = None,
         drop_last: bool = False,
         horizon: int = 1,
+        augment: WindowAugment | None = None,
     ):
         self.device = torch.device(device)
+        self.augment = augment.to(self.device) if augment is not None else None
         per_shard = data.targets(split, context_len, horizon)
         offsets = np.cumsum([0] + [len(f) for f, _ in data.shards])
         if sum(len(t) for t in per_shard) == 0:
@@ -239,7 +248,7 @@ class ResidentBatches:
             targets = self.targets
         for i in range(len(self)):
             chunk = targets[i * self.batch_size : (i + 1) * self.batch_size]
-            yield gather_batch(self.floats, self.ints, chunk, self.cols)
+            yield gather_batch(self.floats, self.ints, chunk, self.cols, self.augment)
 
 
 class MemmapBatches:
@@ -257,9 +266,11 @@ class MemmapBatches:
         seed: int = 0,
         max_batches: int | None = None,
         horizon: int = 1,
+        augment: WindowAugment | None = None,
     ):
         self.data = data
         self.device = torch.device(device)
+        self.augment = augment.to(self.device) if augment is not None else None
         self.per_shard = data.targets(split, context_len, horizon)
         if sum(len(t) for t in self.per_shard) == 0:
             raise ShardError(f"no {split} windows of {context_len + horizon} frames in the shard set")
@@ -295,7 +306,7 @@ class MemmapBatches:
             for i in range(0, len(local), self.batch_size):
                 if self.max_batches is not None and produced >= self.max_batches:
                     return
-                yield gather_batch(floats, ints, local[i : i + self.batch_size], self.cols)
+                yield gather_batch(floats, ints, local[i : i + self.batch_size], self.cols, self.augment)
                 produced += 1
 
 
@@ -311,9 +322,11 @@ def make_batches(
     seed: int = 0,
     max_batches: int | None = None,
     horizon: int = 1,
+    augment: WindowAugment | None = None,
 ):
     """``mode``: "memory", "memmap", "gpu" or "auto" (GPU-resident on CUDA, else in RAM).
-    ``horizon`` > 1 adds the frames after each target (``Batch.ahead_*``) for multi-step training."""
+    ``horizon`` > 1 adds the frames after each target (``Batch.ahead_*``) for multi-step training;
+    ``augment`` transforms each gathered window (training only)."""
     device = torch.device(device)
     if mode == "auto":
         mode = "gpu" if device.type == "cuda" else "memory"
@@ -324,6 +337,7 @@ def make_batches(
         seed=seed,
         max_batches=max_batches,
         horizon=horizon,
+        augment=augment,
     )
     if mode == "memmap":
         return MemmapBatches(data, split, device=device, **kwargs)

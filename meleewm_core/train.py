@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from meleewm_core.config import ExperimentConfig
+from meleewm_core.augment import WindowAugment, mirrored_grounds
+from meleewm_core.config import ExperimentConfig, TrainConfig
 from meleewm_core.data import FrameData, make_batches, preflight
 from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, HeadLayout, head_layout
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
@@ -614,6 +615,15 @@ def stage_surfaces(
     )
 
 
+def window_augment(spec: EncodingSpec, cfg: TrainConfig, surfaces) -> WindowAugment | None:
+    """``train.augment`` as a ``WindowAugment`` (None when off); mirroring pairs the ground ids of
+    the stages' measured ``surfaces``."""
+    if not cfg.augment:
+        return None
+    ground_mirror = mirrored_grounds(*surfaces, spec) if "mirror" in cfg.augment else None
+    return WindowAugment(spec, cfg.augment, seed=cfg.seed, ground_mirror=ground_mirror)
+
+
 def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """How often each binary and each predicted categorical repeats from one frame to the next in
     the training games."""
@@ -674,6 +684,7 @@ def train_run(
             f"train_percent={cfg.train_percent}; both splits need a game (add games or change train.train_percent)"
         )
     batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
+    surfaces = stage_surfaces(data) if experiment.model.stage_surfaces or "mirror" in cfg.augment else None
     train_batches = make_batches(
         data,
         "train",
@@ -681,6 +692,7 @@ def train_run(
         shuffle=True,
         max_batches=cfg.max_train_batches,
         horizon=cfg.rollout_steps,
+        augment=window_augment(spec, cfg, surfaces),
         **batch_args,
     )
     val_batches = make_batches(
@@ -728,7 +740,7 @@ def train_run(
             )
             model.calibrate_dynamics(mean.to(device), spread.to(device), units)
         if experiment.model.stage_surfaces and hasattr(model, "calibrate_surfaces"):
-            model.calibrate_surfaces(*(part.to(device) for part in stage_surfaces(data)))
+            model.calibrate_surfaces(*(part.to(device) for part in surfaces))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
