@@ -149,6 +149,17 @@ class WindowAugment:
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         return self
 
+    def describe(self) -> str:
+        """One line for the training log: the kinds, and the stages a mirror image exists on."""
+        parts = []
+        for kind in self.kinds:
+            if kind == "mirror":
+                stages = (self.ground_mirror[:, 0] == 0).nonzero().flatten().tolist()
+                parts.append(f"mirror (stages {stages or 'none: no surfaces pair up'})")
+            else:
+                parts.append(kind)
+        return "augment: " + ", ".join(parts)
+
     def _coin(self, n: int) -> torch.Tensor:
         return torch.rand(n, device=self.device, generator=self.generator) < 0.5
 

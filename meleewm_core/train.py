@@ -685,6 +685,7 @@ def train_run(
         )
     batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
     surfaces = stage_surfaces(data) if experiment.model.stage_surfaces or "mirror" in cfg.augment else None
+    augment = window_augment(spec, cfg, surfaces)
     train_batches = make_batches(
         data,
         "train",
@@ -692,7 +693,7 @@ def train_run(
         shuffle=True,
         max_batches=cfg.max_train_batches,
         horizon=cfg.rollout_steps,
-        augment=window_augment(spec, cfg, surfaces),
+        augment=augment,
         **batch_args,
     )
     val_batches = make_batches(
@@ -750,6 +751,8 @@ def train_run(
             f"{len(train_md5s)} train / {len(val_md5s)} val games, "
             f"{train_batches.num_windows:,} / {val_batches.num_windows:,} windows"
         )
+        if augment is not None:
+            print(augment.describe())
         if data.anomalies:
             print(
                 "encoding anomalies (field: kind=count): "

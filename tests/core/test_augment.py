@@ -79,6 +79,9 @@ def test_surfaces_pair_with_their_mirror_images(data, surfaces, table):
     # A stage measured on one side only must not pair at all, ground 0 included.
     one_sided = [s for s in known.any(1).nonzero().flatten().tolist() if s not in paired]
     assert one_sided and all((table[s] == -1).all() for s in one_sided)
+    # The training log names the stages that get mirror images, and only those.
+    described = WindowAugment(spec, ("mirror",), ground_mirror=table).describe()
+    assert described == f"augment: mirror (stages {sorted(paired)})"
 
 
 def test_a_mirrored_window_is_the_same_game_seen_in_a_mirror(data, surfaces, table):
