@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from meleewm_core.config import Augmentation
 from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec
 
-AUGMENTATIONS = ("mirror", "swap_players")
 # Melee's DeadLeft and DeadRight action ids: the only actions named after a side of the screen
 # rather than the character's facing.
 DEAD_LEFT, DEAD_RIGHT = 1, 2
@@ -91,18 +91,15 @@ def _overlapping(one: tuple[float, ...], other: tuple[float, ...]) -> bool:
 
 
 class WindowAugment:
-    """Applies ``kinds`` (a subset of ``AUGMENTATIONS``) to gathered windows, on their device."""
+    """Applies ``kinds`` (``train.augment``, validated by its config) to gathered windows, on their device."""
 
     def __init__(
         self,
         spec: EncodingSpec,
-        kinds: tuple[str, ...],
+        kinds: tuple[Augmentation, ...],
         seed: int = 0,
         ground_mirror: torch.Tensor | None = None,
     ):
-        unknown = set(kinds) - set(AUGMENTATIONS)
-        if unknown:
-            raise ValueError(f"unknown augmentation {sorted(unknown)}; choose from {list(AUGMENTATIONS)}")
         if "mirror" in kinds and ground_mirror is None:
             raise ValueError("the mirror augmentation needs the stages' mirrored ground ids")
         self.kinds = list(kinds)

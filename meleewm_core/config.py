@@ -183,6 +183,10 @@ class LossWeights(StrictModel):
     change_gate: float = 0.5
 
 
+# ``train.augment``'s kinds (meleewm_core.augment).
+Augmentation = Literal["mirror", "swap_players"]
+
+
 class TrainConfig(StrictModel):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -234,7 +238,7 @@ class TrainConfig(StrictModel):
     # Each training window is, with probability 1/2 per kind, replaced by its mirror image
     # ("mirror": x, horizontal velocities, facing and sticks flipped, on stages whose surfaces
     # pair up) or by itself with the players swapped ("swap_players"). Same number of windows.
-    augment: tuple[Literal["mirror", "swap_players"], ...] = ()
+    augment: tuple[Augmentation, ...] = ()
     wandb: bool = True
     wandb_project: str = "meleewm"
 

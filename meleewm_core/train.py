@@ -684,7 +684,9 @@ def train_run(
             f"train_percent={cfg.train_percent}; both splits need a game (add games or change train.train_percent)"
         )
     batch_args = dict(mode=cfg.loader, context_len=experiment.model.context_len, device=device, seed=cfg.seed)
-    surfaces = stage_surfaces(data) if experiment.model.stage_surfaces or "mirror" in cfg.augment else None
+    # Measured for a fresh model's surfaces (a resumed one has them in its weights) and for mirroring.
+    needs_surfaces = (experiment.model.stage_surfaces and not resume) or "mirror" in cfg.augment
+    surfaces = stage_surfaces(data) if needs_surfaces else None
     augment = window_augment(spec, cfg, surfaces)
     train_batches = make_batches(
         data,
