@@ -129,15 +129,6 @@ class ModelConfig(StrictModel):
     # by the heads' small departures, which add up over a rollout (exp-7b: 6.5 units of y error
     # after 60 frames on windows where the real y never changed).
     motion_gate: bool = False
-    # With motion_prior: where a player's velocities are recorded, x and y start from the
-    # velocities the heads predict for the next frame (self + knockback; x from the air or ground
-    # speed as the player stands) instead of the last displacement, and stay put in hitlag: Melee
-    # moves a player by exactly that (y on 100% and x on 98% of clean airborne validation frames of
-    # "two"), while exp-7h's own y head was 3-5x further off than its velocity heads one step
-    # ahead. Position errors then train the velocity heads through the rollout. A player whose
-    # last frame moved with every velocity 0 (a replay older than the velocity fields) keeps the
-    # last displacement. Needs full_state heads (the velocity fields).
-    kinematic_prior: bool = False
     # Inputs and delta outputs in units the optimizer can move: each float input standardised by
     # its training mean and spread, each context step's change of every predicted continuous field
     # added as an input, and the deltas predicted in units of that field's typical change (all

@@ -37,11 +37,6 @@ TRANSITION_HEADS = ("action", "jumps")
 # Per stick axis its deflection, and per x axis the push toward the way the player faces, for the
 # last and the predicted frame's controller: 2 * (4 + 2).
 STICK_FEATURES = 12
-# ``kinematic_prior``: the velocity fields a player's next position follows, in the order
-# ``kinematic_displacement`` reads them.
-KINEMATIC_FIELDS = ("self_x_air", "self_y", "self_x_ground", "knockback_x", "knockback_y")
-# A displacement above this many game units with every velocity 0 says the velocities were not recorded.
-KINEMATIC_STILL = 1e-3
 
 
 class FrameStackMLP(nn.Module):
@@ -191,25 +186,6 @@ class FrameStackMLP(nn.Module):
             self.register_buffer(
                 "motion_cols", torch.tensor([self.layout.continuous_cols[i] for i in slots]), persistent=False
             )
-        self.kinematic_prior = model.kinematic_prior
-        if model.kinematic_prior:
-            if not model.motion_prior or model.heads != "full_state":
-                raise ValueError(
-                    "model.kinematic_prior needs model.motion_prior and heads: full_state (the velocity heads)"
-                )
-            fields = (*KINEMATIC_FIELDS, "hitlag")
-            per_player = [[spec.float_col(p, name) for name in fields] for p in range(NUM_PLAYERS)]
-            self.register_buffer("kinematic_cols", torch.tensor(per_player), persistent=False)
-            self.register_buffer(
-                "kinematic_slots",
-                torch.tensor([[self.layout.continuous_cols.index(c) for c in cols] for cols in per_player]),
-                persistent=False,
-            )
-            self.register_buffer(
-                "kinematic_on_ground_cols",
-                torch.tensor([spec.float_col(p, "on_ground") for p in range(NUM_PLAYERS)]),
-                persistent=False,
-            )
 
         self.persistence_prior = model.persistence_prior
         if model.persistence_prior:
@@ -331,33 +307,6 @@ class FrameStackMLP(nn.Module):
         placed = self.surface_known[where] & grounded & near & (arriving | standing)
         return delta.index_copy(1, self.surface_y_slots, torch.where(placed, on_surface, y_head))
 
-    def kinematic_displacement(
-        self, outputs: dict[str, torch.Tensor], last: torch.Tensor, moved: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, 2*players) x/y displacements (``motion_slots``' order) from the velocities the heads
-        predict for the next frame; ``moved`` (the last displacement) where a player's velocities
-        were not recorded."""
-        delta = outputs["continuous_delta"].float()
-        if self.delta_gate:
-            delta = delta * (outputs["continuous_change_logits"] > 0)
-        ratio = self.spec.scale("x") / self.spec.scale("self_y")
-        still = KINEMATIC_STILL * self.spec.scale("x")
-        per_player = []
-        for p in range(NUM_PLAYERS):
-            now = last.index_select(1, self.kinematic_cols[p])
-            air_x, y, ground_x, knock_x, knock_y, hitlag = (
-                now + delta.index_select(1, self.kinematic_slots[p])
-            ).unbind(1)
-            airborne = last[:, self.kinematic_on_ground_cols[p]] < 0.5
-            frozen = hitlag > 0.5 * self.spec.scale("hitlag")
-            kx = torch.where(airborne, air_x, ground_x) + knock_x
-            ky = y + knock_y
-            step = torch.stack([kx, ky], 1) * ratio * ~frozen[:, None]
-            own = moved[:, 2 * p : 2 * p + 2]
-            unrecorded = (own.abs().amax(1) > still) & (now[:, : len(KINEMATIC_FIELDS)] == 0).all(1)
-            per_player.append(torch.where(unrecorded[:, None], own, step))
-        return torch.cat(per_player, dim=1)
-
     def dynamics_inputs(self, float_ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The standardised float rows, and each context step's change of the predicted continuous
         fields in units of their typical change, flattened (B, (K-1)*D); both clipped so a respawn's
@@ -461,8 +410,6 @@ class FrameStackMLP(nn.Module):
         if self.motion_prior:
             # In float32: a bf16 sum would round the displacement to 3 significant digits.
             moved = (float_ctx[:, -1] - float_ctx[:, -2]).float().index_select(1, self.motion_cols)
-            if self.kinematic_prior:
-                moved = self.kinematic_displacement(outputs, float_ctx[:, -1].float(), moved)
             outputs["continuous_delta"] = (
                 outputs["continuous_delta"].float().index_add(1, self.motion_slots, moved)
             )

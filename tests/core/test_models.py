@@ -250,54 +250,6 @@ def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_woul
         build_model(encoding, ModelConfig(motion_prior=True, motion_gate=True))
 
 
-def test_kinematic_prior_moves_players_by_their_next_velocities_and_falls_back_where_none_were_recorded():
-    encoding = EncodingConfig()
-    spec = EncodingSpec(encoding)
-    config = ModelConfig(
-        heads="full_state", persistence_prior=True, delta_gate=True, motion_prior=True, kinematic_prior=True
-    )
-    model = build_model(encoding, config).eval()
-    layout = model.layout
-    ints = torch.zeros(4, 10, spec.int_per_frame, dtype=torch.long)
-    ctrl = torch.rand(4, spec.ctrl_conditioning_dim)
-    float_ctx = torch.zeros(4, 10, spec.float_per_frame)
-    col = lambda p, name: spec.float_col(p, name)  # noqa: E731
-    for p in range(2):
-        float_ctx[:, -2, col(p, "x")], float_ctx[:, -2, col(p, "y")] = 1.0, 2.0
-        float_ctx[:, -1, col(p, "x")], float_ctx[:, -1, col(p, "y")] = 1.3, 1.8
-    velocity = {
-        "self_x_air": 0.2,
-        "self_y": -0.25,
-        "self_x_ground": -0.4,
-        "knockback_x": 0.05,
-        "knockback_y": 0.1,
-    }
-    for name, value in velocity.items():
-        float_ctx[:3, -1, col(0, name)] = value * spec.scale(name)
-    float_ctx[1, -1, col(0, "on_ground")] = 1.0  # grounded: the ground speed moves x
-    float_ctx[2, -1, col(0, "hitlag")] = 3 * spec.scale("hitlag")  # frozen in hitlag
-    # Player 1 moved with every velocity 0 (a replay from before the velocity fields): constant velocity.
-    # Row 3's player 0 moved with velocities recorded as 0 too.
-    with torch.no_grad():
-        gates = model._head_slice("continuous_change_logits")
-        model.heads.weight[gates] = 0.0
-        model.heads.bias[gates] = -5.0  # no velocity changes: the next frame's velocities are the last ones
-    predicted = model(float_ctx, ints, ctrl)["continuous_delta"]
-    x0, y0 = (layout.continuous_cols.index(col(0, axis)) for axis in "xy")
-    x1, y1 = (layout.continuous_cols.index(col(1, axis)) for axis in "xy")
-    units = spec.scale("x")
-    airborne = [(0.2 + 0.05) * units, (-0.25 + 0.1) * units]
-    grounded = [(-0.4 + 0.05) * units, (-0.25 + 0.1) * units]
-    torch.testing.assert_close(predicted[0, [x0, y0]], torch.tensor(airborne))
-    torch.testing.assert_close(predicted[1, [x0, y0]], torch.tensor(grounded))
-    assert torch.equal(predicted[2, [x0, y0]], torch.zeros(2))
-    torch.testing.assert_close(predicted[:, [x1, y1]], torch.tensor([0.3, -0.2]).expand(4, 2))
-    torch.testing.assert_close(predicted[3, [x0, y0]], torch.tensor([0.3, -0.2]))
-
-    with pytest.raises(ValueError, match="kinematic_prior needs model.motion_prior"):
-        build_model(encoding, ModelConfig(heads="full_state", kinematic_prior=True))
-
-
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
