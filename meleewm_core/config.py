@@ -162,6 +162,23 @@ class ModelConfig(StrictModel):
     # in 4 of 5 runs (0.98097 against 0.98108 in the fifth). The price: rollout position error at step 60 13.9-14.4 against
     # exp-7e's 13.4-13.7 (same code and machine, BENCHMARKS.md), so exp-7e leaves it off.
     transition_binaries: bool = False
+    # Each player's binaries (facing, invulnerable, on_ground) of the next frame are the last
+    # frame's, flipped where the training games flip them on most frames of the same transition:
+    # (last action, predicted action) when the action changes, (character, action, predicted
+    # state_age) when it stays. Melee turns a player at a fixed frame of the turn animation and as
+    # a turn becomes a dash (half of all facing flips on "two"), takes off and lands with the
+    # action; the heads, held to persistence by its prior, predicted 9 facing flips on the "two"
+    # validation games and none right (BENCHMARKS.md). The tables are measured on the training
+    # games and saved with the weights; the heads' own logits are still trained
+    # (``binary_logits_raw``). Needs full_state heads and encoding.state_age_as_embed.
+    binary_transitions: bool = False
+    # Categoricals predicted as their last value (their heads are not used): fields whose changes
+    # the model does not foresee one step ahead. On the "two" validation games exp-7h changed
+    # last_attack_landed (set when a hit lands, which it does not predict) on 179 frames, 2 of
+    # them right, where 88 changed, and ground on 17, 1 right, where 165 changed (mostly landings
+    # on another surface; taking the surface beneath a predicted landing got 1 of them right).
+    # Holding the ground id keeps a landing player's placement on the last surface touched.
+    held_categoricals: tuple[str, ...] = ()
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

@@ -109,7 +109,8 @@ def compute_loss(
 
     binary_cols = cached_tensor(tuple(layout.binary_cols), error.device)
     binary_target = batch.float_tgt.index_select(1, binary_cols)
-    bin_loss = F.binary_cross_entropy_with_logits(outputs["binary_logits"].float(), binary_target)
+    logits = outputs.get("binary_logits_raw", outputs["binary_logits"])
+    bin_loss = F.binary_cross_entropy_with_logits(logits.float(), binary_target)
 
     parts = {"continuous": cont_loss, "binary": bin_loss}
     total = cont_loss + weights.binary * bin_loss

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from meleewm_core.augment import WindowAugment, mirrored_grounds
 from meleewm_core.config import ExperimentConfig, TrainConfig
 from meleewm_core.data import FrameData, make_batches, preflight
-from meleewm_core.encoding import NUM_PLAYERS, EncodingSpec, HeadLayout, head_layout
+from meleewm_core.encoding import BINARY_FIELDS, NUM_PLAYERS, EncodingSpec, HeadLayout, head_layout
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
 
@@ -556,6 +556,46 @@ def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
+def binary_transitions(
+    data: FrameData, age_cap: int, min_frames: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the training games flip each binary (facing, invulnerable, on_ground) from one frame to
+    the next: (actions, actions, binaries) for (last action, next action) where the action
+    changes, (characters, actions, age_cap, binaries) for (character, action, next state_age
+    capped at ``age_cap`` - 1) where it stays. An entry is True where at least ``min_frames``
+    player-frames took that transition and more than half of them flipped the binary."""
+    spec = data.spec
+    actions, characters = spec.vocab("action"), spec.vocab("character")
+    change_size, stay_size = actions * actions, characters * actions * age_cap
+    flips = np.zeros((change_size + stay_size, len(BINARY_FIELDS)))
+    seen = np.zeros(change_size + stay_size)
+    for game in data.games:
+        if game.split != "train":
+            continue
+        floats, ints = (
+            array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard]
+        )
+        for p in range(NUM_PLAYERS):
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            age = np.clip(np.asarray(ints[1:, spec.int_col(p, "state_age")], dtype=np.int64), 0, age_cap - 1)
+            character = np.asarray(ints[:-1, spec.int_col(p, "character")], dtype=np.int64)
+            before, after = action[:-1], action[1:]
+            key = np.where(
+                before != after,
+                before * actions + after,
+                change_size + (character * actions + before) * age_cap + age,
+            )
+            binaries = np.asarray(floats[:, [spec.float_col(p, name) for name in BINARY_FIELDS]]) > 0.5
+            flipped = binaries[1:] != binaries[:-1]
+            seen += np.bincount(key, minlength=len(seen))
+            for i in range(len(BINARY_FIELDS)):
+                flips[:, i] += np.bincount(key, weights=flipped[:, i], minlength=len(seen))
+    decided = (seen[:, None] >= min_frames) & (flips > seen[:, None] / 2)
+    on_change = decided[:change_size].reshape(actions, actions, -1)
+    on_stay = decided[change_size:].reshape(characters, actions, age_cap, -1)
+    return torch.from_numpy(on_change), torch.from_numpy(on_stay)
+
+
 def stage_surfaces(
     data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -744,6 +784,9 @@ def train_run(
             model.calibrate_dynamics(mean.to(device), spread.to(device), units)
         if experiment.model.stage_surfaces and hasattr(model, "calibrate_surfaces"):
             model.calibrate_surfaces(*(part.to(device) for part in surfaces))
+        if experiment.model.binary_transitions and hasattr(model, "calibrate_binary_transitions"):
+            tables = binary_transitions(data, model.flips_on_stay.shape[2])
+            model.calibrate_binary_transitions(*(table.to(device) for table in tables))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,10 @@ TRANSITION_HEADS = ("action", "jumps")
 # Per stick axis its deflection, and per x axis the push toward the way the player faces, for the
 # last and the predicted frame's controller: 2 * (4 + 2).
 STICK_FEATURES = 12
+# ``binary_transitions``: predicted state_ages at or past this share one row of the table, and the
+# logit that states a binary the table decided.
+TRANSITION_AGE_CAP = 64
+DECIDED_LOGIT = 10.0
 
 
 class FrameStackMLP(nn.Module):
@@ -170,6 +174,36 @@ class FrameStackMLP(nn.Module):
             nn.init.zeros_(self.transition[-1].weight)
             nn.init.zeros_(self.transition[-1].bias)
 
+        self.binary_transitions = model.binary_transitions
+        if model.binary_transitions:
+            if model.heads != "full_state" or not encoding.state_age_as_embed:
+                raise ValueError(
+                    "model.binary_transitions needs heads: full_state and encoding.state_age_as_embed "
+                    "(the predicted state_age)"
+                )
+            actions, binaries = spec.vocab("action"), len(BINARY_FIELDS)
+            ages = min(spec.vocab("state_age"), TRANSITION_AGE_CAP)
+            # Empty (never flip: persistence) until ``calibrate_binary_transitions``; saved with the weights.
+            self.register_buffer("flips_on_change", torch.zeros(actions, actions, binaries, dtype=torch.bool))
+            self.register_buffer(
+                "flips_on_stay",
+                torch.zeros(spec.vocab("character"), actions, ages, binaries, dtype=torch.bool),
+            )
+            per_player = [[spec.float_col(p, name) for name in BINARY_FIELDS] for p in range(NUM_PLAYERS)]
+            self.register_buffer("own_binary_cols", torch.tensor(per_player), persistent=False)
+
+        unknown = set(model.held_categoricals) - set(self.layout.categoricals)
+        if unknown:
+            raise ValueError(
+                f"model.held_categoricals: {sorted(unknown)} not among the heads' categoricals "
+                f"{list(self.layout.categoricals)}"
+            )
+        self.held_heads = [
+            (key, player, name)
+            for key, player, name, _ in self.layout.logit_heads
+            if name in model.held_categoricals
+        ]
+
         self.motion_prior = model.motion_prior
         self.motion_gate = model.motion_gate
         if model.motion_prior:
@@ -258,6 +292,33 @@ class FrameStackMLP(nn.Module):
         self.surface_line.copy_(line)
         self.surface_extent.copy_(extent)
         self.surface_known.copy_(known)
+
+    @torch.no_grad()
+    def calibrate_binary_transitions(self, on_change: torch.Tensor, on_stay: torch.Tensor) -> None:
+        """Set the flip tables (``binary_transitions``), as measured by ``train.binary_transitions``."""
+        self.flips_on_change.copy_(on_change)
+        self.flips_on_stay.copy_(on_stay)
+
+    def transition_binary_logits(
+        self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, players * binaries) logits: each binary's last value, flipped where the tables say the
+        predicted transition flips it; in ``binary_logits``' order (player 0's fields, then player 1's)."""
+        spec, ages = self.spec, self.flips_on_stay.shape[2]
+        per_player = []
+        for p in range(NUM_PLAYERS):
+            action = last_ints[:, spec.int_col(p, "action")]
+            predicted = outputs[f"p{p}_action_logits"].argmax(1)
+            age = outputs[f"p{p}_state_age_logits"].argmax(1).clamp(max=ages - 1)
+            character = last_ints[:, spec.int_col(p, "character")]
+            flip = torch.where(
+                (action != predicted)[:, None],
+                self.flips_on_change[action, predicted],
+                self.flips_on_stay[character, action, age],
+            )
+            last = last_floats.index_select(1, self.own_binary_cols[p]) > 0.5
+            per_player.append(torch.where(last ^ flip, DECIDED_LOGIT, -DECIDED_LOGIT))
+        return torch.cat(per_player, dim=1)
 
     def surface_heights(self, floats: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
         """(B, F) frames on ``stage`` (B,) -> (B, 2*players): per player the height above the highest
@@ -420,6 +481,15 @@ class FrameStackMLP(nn.Module):
             if self.motion_prior and not self.motion_gate:
                 changes = changes.index_fill(1, self.motion_slots, True)
             outputs["continuous_delta"] = outputs["continuous_delta"] * changes
+        if self.binary_transitions:
+            outputs["binary_logits_raw"] = outputs["binary_logits"]
+            outputs["binary_logits"] = self.transition_binary_logits(
+                outputs, float_ctx[:, -1], int_ctx[:, -1]
+            )
+        for key, player, name in self.held_heads:
+            last = int_ctx[:, -1, self.spec.int_col(player, name)]
+            held = DECIDED_LOGIT * (2 * F.one_hot(last, outputs[key].shape[1]) - 1)
+            outputs[key] = held.to(outputs[key].dtype)
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
         return outputs

@@ -250,6 +250,53 @@ def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_woul
         build_model(encoding, ModelConfig(motion_prior=True, motion_gate=True))
 
 
+def test_binary_transitions_flip_where_the_tables_say_and_held_categoricals_keep_their_last_value():
+    encoding = EncodingConfig(state_age_as_embed=True)
+    spec = EncodingSpec(encoding)
+    config = ModelConfig(
+        heads="full_state",
+        persistence_prior=True,
+        binary_transitions=True,
+        held_categoricals=("ground",),
+    )
+    model = build_model(encoding, config).eval()
+    turn, dash, fox, age = 18, 20, 1, 7
+    facing, on_ground = 0, 2
+    with torch.no_grad():
+        # Every head says: player 0 dashes next at state_age 7 and stands on ground 5.
+        for key, size in (("p0_action_logits", dash), ("p0_state_age_logits", age), ("p0_ground_logits", 5)):
+            model.heads.bias[model._head_slice(key)] = 0.0
+            model.heads.bias[model._head_slice(key).start + size] = 50.0
+    on_change = torch.zeros_like(model.flips_on_change)
+    on_change[turn, dash, facing] = True
+    on_stay = torch.zeros_like(model.flips_on_stay)
+    on_stay[fox, dash, age, on_ground] = True
+    model.calibrate_binary_transitions(on_change, on_stay)
+
+    float_ctx = torch.zeros(3, 10, spec.float_per_frame)
+    ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.int_col(0, "character")] = fox
+    ints[:, :, spec.int_col(0, "ground")] = 2
+    ints[0, -1, spec.int_col(0, "action")] = turn  # turn -> dash: facing flips
+    ints[1, -1, spec.int_col(0, "action")] = dash  # dash stays, at age 7: on_ground flips
+    ints[2, -1, spec.int_col(0, "action")] = 14  # wait -> dash: no table entry, nothing flips
+    float_ctx[:, -1, spec.float_col(0, "facing")] = 1.0
+    float_ctx[:, -1, spec.float_col(0, "on_ground")] = 1.0
+    outputs = model(float_ctx, ints, torch.rand(3, spec.ctrl_conditioning_dim))
+    assert torch.equal(outputs["p0_action_logits"].argmax(1), torch.full((3,), dash))
+    binaries = outputs["binary_logits"][:, :3] > 0  # player 0's facing, invulnerable, on_ground
+    assert binaries.tolist() == [[False, False, True], [True, False, False], [True, False, True]]
+    assert "binary_logits_raw" in outputs and not torch.equal(
+        outputs["binary_logits_raw"], outputs["binary_logits"]
+    )
+    assert torch.equal(outputs["p0_ground_logits"].argmax(1), torch.full((3,), 2))
+
+    with pytest.raises(ValueError, match="held_categoricals"):
+        build_model(encoding, ModelConfig(heads="full_state", held_categoricals=("stage_name",)))
+    with pytest.raises(ValueError, match="state_age_as_embed"):
+        build_model(EncodingConfig(), ModelConfig(heads="full_state", binary_transitions=True))
+
+
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)

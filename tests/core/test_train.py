@@ -376,6 +376,34 @@ def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_
     assert not torch.allclose(with_head, without)
 
 
+def test_binary_transition_tables_hold_melees_turns_and_the_exp_7i_checkpoint_keeps_them(root):
+    from meleewm_core.config import load_experiment
+    from meleewm_core.train import binary_transitions, ensure_shards
+
+    config = Path(__file__).resolve().parents[2] / "experiments" / "exp-7i-binary-transitions.yaml"
+    quick = {
+        f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
+    }
+    exp = load_experiment(config, {**quick, "train.rollout_steps": 2})
+    spec = EncodingSpec(exp.encoding)
+    data = FrameData.from_shards(
+        ensure_shards(exp, root, progress=False), spec, train_percent=exp.train.train_percent
+    )
+    on_change, on_stay = binary_transitions(data, 64)
+    facing, on_ground = 0, 2
+    turn, dash, wait = 18, 20, 14
+    # A turn that becomes a dash faces the other way; the dash stays on the ground.
+    assert on_change[turn, dash, facing] and not on_change[turn, dash, on_ground]
+    # The turn animation flips facing at a fixed frame; standing still flips neither.
+    assert on_stay[:, turn, :, facing].any() and not on_stay[:, wait, :, [facing, on_ground]].any()
+
+    result = train_run(exp, root, progress=False)
+    assert math.isfinite(result.metrics["loss"])
+    model = load_checkpoint(result.best_checkpoint).model
+    assert torch.equal(model.flips_on_change, on_change) and torch.equal(model.flips_on_stay, on_stay)
+    assert model.held_heads and {name for _, _, name in model.held_heads} == {"ground", "last_attack_landed"}
+
+
 def test_a_checkpoint_this_version_cannot_rebuild_names_the_file_the_cause_and_the_commit(root, tmp_path):
     from meleewm_core.train import CheckpointError
 
