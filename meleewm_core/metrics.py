@@ -121,7 +121,8 @@ def compute_loss(
         field_loss = (
             sum(
                 F.cross_entropy(
-                    outputs[f"p{p}_{name}_logits"].float(), batch.int_tgt[:, layout.categorical_col(p, name)]
+                    outputs.get(f"p{p}_{name}_logits_raw", outputs[f"p{p}_{name}_logits"]).float(),
+                    batch.int_tgt[:, layout.categorical_col(p, name)],
                 )
                 for p in range(NUM_PLAYERS)
             )

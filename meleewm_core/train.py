@@ -556,7 +556,7 @@ def float_statistics(data: FrameData, max_rows: int = 2_000_000) -> tuple[torch.
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
-def binary_transitions(
+def binary_flip_tables(
     data: FrameData, age_cap: int, min_frames: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the training games flip each binary (facing, invulnerable, on_ground) from one frame to
@@ -567,8 +567,7 @@ def binary_transitions(
     spec = data.spec
     actions, characters = spec.vocab("action"), spec.vocab("character")
     change_size, stay_size = actions * actions, characters * actions * age_cap
-    flips = np.zeros((change_size + stay_size, len(BINARY_FIELDS)))
-    seen = np.zeros(change_size + stay_size)
+    keys, flips = [], []
     for game in data.games:
         if game.split != "train":
             continue
@@ -580,17 +579,23 @@ def binary_transitions(
             age = np.clip(np.asarray(ints[1:, spec.int_col(p, "state_age")], dtype=np.int64), 0, age_cap - 1)
             character = np.asarray(ints[:-1, spec.int_col(p, "character")], dtype=np.int64)
             before, after = action[:-1], action[1:]
-            key = np.where(
-                before != after,
-                before * actions + after,
-                change_size + (character * actions + before) * age_cap + age,
+            keys.append(
+                np.where(
+                    before != after,
+                    before * actions + after,
+                    change_size + (character * actions + before) * age_cap + age,
+                )
             )
             binaries = np.asarray(floats[:, [spec.float_col(p, name) for name in BINARY_FIELDS]]) > 0.5
-            flipped = binaries[1:] != binaries[:-1]
-            seen += np.bincount(key, minlength=len(seen))
-            for i in range(len(BINARY_FIELDS)):
-                flips[:, i] += np.bincount(key, weights=flipped[:, i], minlength=len(seen))
-    decided = (seen[:, None] >= min_frames) & (flips > seen[:, None] / 2)
+            flips.append(binaries[1:] != binaries[:-1])
+    size = change_size + stay_size
+    key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    flipped = np.concatenate(flips) if flips else np.zeros((0, len(BINARY_FIELDS)), dtype=bool)
+    seen = np.bincount(key, minlength=size)[:, None]
+    flip_counts = np.stack(
+        [np.bincount(key, weights=flipped[:, i], minlength=size) for i in range(len(BINARY_FIELDS))], axis=1
+    )
+    decided = (seen >= min_frames) & (flip_counts > seen / 2)
     on_change = decided[:change_size].reshape(actions, actions, -1)
     on_stay = decided[change_size:].reshape(characters, actions, age_cap, -1)
     return torch.from_numpy(on_change), torch.from_numpy(on_stay)
@@ -784,9 +789,9 @@ def train_run(
             model.calibrate_dynamics(mean.to(device), spread.to(device), units)
         if experiment.model.stage_surfaces and hasattr(model, "calibrate_surfaces"):
             model.calibrate_surfaces(*(part.to(device) for part in surfaces))
-        if experiment.model.binary_transitions and hasattr(model, "calibrate_binary_transitions"):
-            tables = binary_transitions(data, model.flips_on_stay.shape[2])
-            model.calibrate_binary_transitions(*(table.to(device) for table in tables))
+        if experiment.model.binary_flip_tables and hasattr(model, "calibrate_flip_tables"):
+            tables = binary_flip_tables(data, model.flips_on_stay.shape[2])
+            model.calibrate_flip_tables(*(table.to(device) for table in tables))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,10 @@ TRANSITION_HEADS = ("action", "jumps")
 # Per stick axis its deflection, and per x axis the push toward the way the player faces, for the
 # last and the predicted frame's controller: 2 * (4 + 2).
 STICK_FEATURES = 12
-# ``binary_transitions``: predicted state_ages at or past this share one row of the table, and the
-# logit that states a binary the table decided.
+# ``binary_flip_tables``: predicted state_ages at or past this share one row of the table.
 TRANSITION_AGE_CAP = 64
+# The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
+# that a sigmoid or softmax reads it as certain, finite so the reported losses stay finite.
 DECIDED_LOGIT = 10.0
 
 
@@ -174,16 +175,20 @@ class FrameStackMLP(nn.Module):
             nn.init.zeros_(self.transition[-1].weight)
             nn.init.zeros_(self.transition[-1].bias)
 
-        self.binary_transitions = model.binary_transitions
-        if model.binary_transitions:
+        self.binary_flip_tables = model.binary_flip_tables
+        if model.binary_flip_tables:
+            if model.transition_binaries:
+                raise ValueError(
+                    "model.binary_flip_tables decides the binaries that model.transition_binaries adds to: choose one"
+                )
             if model.heads != "full_state" or not encoding.state_age_as_embed:
                 raise ValueError(
-                    "model.binary_transitions needs heads: full_state and encoding.state_age_as_embed "
+                    "model.binary_flip_tables needs heads: full_state and encoding.state_age_as_embed "
                     "(the predicted state_age)"
                 )
             actions, binaries = spec.vocab("action"), len(BINARY_FIELDS)
             ages = min(spec.vocab("state_age"), TRANSITION_AGE_CAP)
-            # Empty (never flip: persistence) until ``calibrate_binary_transitions``; saved with the weights.
+            # Empty (never flip: persistence) until ``calibrate_flip_tables``; saved with the weights.
             self.register_buffer("flips_on_change", torch.zeros(actions, actions, binaries, dtype=torch.bool))
             self.register_buffer(
                 "flips_on_stay",
@@ -294,12 +299,12 @@ class FrameStackMLP(nn.Module):
         self.surface_known.copy_(known)
 
     @torch.no_grad()
-    def calibrate_binary_transitions(self, on_change: torch.Tensor, on_stay: torch.Tensor) -> None:
-        """Set the flip tables (``binary_transitions``), as measured by ``train.binary_transitions``."""
+    def calibrate_flip_tables(self, on_change: torch.Tensor, on_stay: torch.Tensor) -> None:
+        """Set the flip tables (``binary_flip_tables``), as measured by ``train.binary_flip_tables``."""
         self.flips_on_change.copy_(on_change)
         self.flips_on_stay.copy_(on_stay)
 
-    def transition_binary_logits(
+    def flip_table_binary_logits(
         self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
     ) -> torch.Tensor:
         """(B, players * binaries) logits: each binary's last value, flipped where the tables say the
@@ -481,15 +486,18 @@ class FrameStackMLP(nn.Module):
             if self.motion_prior and not self.motion_gate:
                 changes = changes.index_fill(1, self.motion_slots, True)
             outputs["continuous_delta"] = outputs["continuous_delta"] * changes
-        if self.binary_transitions:
-            outputs["binary_logits_raw"] = outputs["binary_logits"]
-            outputs["binary_logits"] = self.transition_binary_logits(
-                outputs, float_ctx[:, -1], int_ctx[:, -1]
-            )
+        # The heads' own logits stay what the loss trains (``*_raw``); the decided ones are the prediction.
         for key, player, name in self.held_heads:
             last = int_ctx[:, -1, self.spec.int_col(player, name)]
-            held = DECIDED_LOGIT * (2 * F.one_hot(last, outputs[key].shape[1]) - 1)
-            outputs[key] = held.to(outputs[key].dtype)
+            outputs[f"{key}_raw"] = outputs[key]
+            outputs[key] = DECIDED_LOGIT * (2 * F.one_hot(last, outputs[key].shape[1]) - 1).to(
+                outputs[key].dtype
+            )
+        if self.binary_flip_tables:
+            outputs["binary_logits_raw"] = outputs["binary_logits"]
+            outputs["binary_logits"] = self.flip_table_binary_logits(
+                outputs, float_ctx[:, -1], int_ctx[:, -1]
+            )
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
         return outputs

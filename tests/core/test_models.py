@@ -250,13 +250,13 @@ def test_motion_gate_lets_a_closed_gate_hold_position_where_the_prior_alone_woul
         build_model(encoding, ModelConfig(motion_prior=True, motion_gate=True))
 
 
-def test_binary_transitions_flip_where_the_tables_say_and_held_categoricals_keep_their_last_value():
+def test_binary_flip_tables_flip_where_the_tables_say_and_held_categoricals_keep_their_last_value():
     encoding = EncodingConfig(state_age_as_embed=True)
     spec = EncodingSpec(encoding)
     config = ModelConfig(
         heads="full_state",
         persistence_prior=True,
-        binary_transitions=True,
+        binary_flip_tables=True,
         held_categoricals=("ground",),
     )
     model = build_model(encoding, config).eval()
@@ -271,7 +271,7 @@ def test_binary_transitions_flip_where_the_tables_say_and_held_categoricals_keep
     on_change[turn, dash, facing] = True
     on_stay = torch.zeros_like(model.flips_on_stay)
     on_stay[fox, dash, age, on_ground] = True
-    model.calibrate_binary_transitions(on_change, on_stay)
+    model.calibrate_flip_tables(on_change, on_stay)
 
     float_ctx = torch.zeros(3, 10, spec.float_per_frame)
     ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
@@ -286,15 +286,21 @@ def test_binary_transitions_flip_where_the_tables_say_and_held_categoricals_keep
     assert torch.equal(outputs["p0_action_logits"].argmax(1), torch.full((3,), dash))
     binaries = outputs["binary_logits"][:, :3] > 0  # player 0's facing, invulnerable, on_ground
     assert binaries.tolist() == [[False, False, True], [True, False, False], [True, False, True]]
-    assert "binary_logits_raw" in outputs and not torch.equal(
-        outputs["binary_logits_raw"], outputs["binary_logits"]
-    )
     assert torch.equal(outputs["p0_ground_logits"].argmax(1), torch.full((3,), 2))
+    # The heads still train: the loss reaches the binary and ground heads through their own logits.
+    from meleewm_core.config import LossWeights
+    from meleewm_core.metrics import compute_loss
+
+    targets = Batch(float_ctx, ints, torch.rand(3, spec.ctrl_conditioning_dim), float_ctx[:, -1], ints[:, -1])
+    loss, _ = compute_loss(outputs, targets, model.layout, LossWeights())
+    grad = torch.autograd.grad(loss, model.heads.weight)[0]
+    for key in ("binary_logits", "p0_ground_logits"):
+        assert grad[model._head_slice(key)].abs().sum() > 0, key
 
     with pytest.raises(ValueError, match="held_categoricals"):
         build_model(encoding, ModelConfig(heads="full_state", held_categoricals=("stage_name",)))
     with pytest.raises(ValueError, match="state_age_as_embed"):
-        build_model(EncodingConfig(), ModelConfig(heads="full_state", binary_transitions=True))
+        build_model(EncodingConfig(), ModelConfig(heads="full_state", binary_flip_tables=True))
 
 
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():

@@ -376,11 +376,11 @@ def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_
     assert not torch.allclose(with_head, without)
 
 
-def test_binary_transition_tables_hold_melees_turns_and_the_exp_7i_checkpoint_keeps_them(root):
+def test_binary_flip_tables_hold_melees_turns_and_the_exp_7i_checkpoint_keeps_them(root):
     from meleewm_core.config import load_experiment
-    from meleewm_core.train import binary_transitions, ensure_shards
+    from meleewm_core.train import binary_flip_tables, ensure_shards
 
-    config = Path(__file__).resolve().parents[2] / "experiments" / "exp-7i-binary-transitions.yaml"
+    config = Path(__file__).resolve().parents[2] / "experiments" / "exp-7i-flip-tables.yaml"
     quick = {
         f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
     }
@@ -389,7 +389,7 @@ def test_binary_transition_tables_hold_melees_turns_and_the_exp_7i_checkpoint_ke
     data = FrameData.from_shards(
         ensure_shards(exp, root, progress=False), spec, train_percent=exp.train.train_percent
     )
-    on_change, on_stay = binary_transitions(data, 64)
+    on_change, on_stay = binary_flip_tables(data, 64)
     facing, on_ground = 0, 2
     turn, dash, wait = 18, 20, 14
     # A turn that becomes a dash faces the other way; the dash stays on the ground.
@@ -401,7 +401,13 @@ def test_binary_transition_tables_hold_melees_turns_and_the_exp_7i_checkpoint_ke
     assert math.isfinite(result.metrics["loss"])
     model = load_checkpoint(result.best_checkpoint).model
     assert torch.equal(model.flips_on_change, on_change) and torch.equal(model.flips_on_stay, on_stay)
-    assert model.held_heads and {name for _, _, name in model.held_heads} == {"ground", "last_attack_landed"}
+    float_ctx = torch.rand(4, 10, spec.float_per_frame)
+    int_ctx = torch.randint(0, 5, (4, 10, spec.int_per_frame))
+    with torch.no_grad():
+        outputs = model.eval()(float_ctx, int_ctx, torch.rand(4, spec.ctrl_conditioning_dim))
+    for name in ("ground", "last_attack_landed"):
+        last = int_ctx[:, -1, spec.int_col(1, name)]
+        assert torch.equal(outputs[f"p1_{name}_logits"].argmax(1), last), name
 
 
 def test_a_checkpoint_this_version_cannot_rebuild_names_the_file_the_cause_and_the_commit(root, tmp_path):
