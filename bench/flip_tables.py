@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meleewm_core.data import WindowColumns, gather_batch  # noqa: E402
-from meleewm_core.encoding import BINARY_FIELDS  # noqa: E402
+from meleewm_core.encoding import BINARY_FIELDS, NUM_PLAYERS  # noqa: E402
 from meleewm_core.eval import load_run, open_val_data  # noqa: E402
 from meleewm_core.models import build_model  # noqa: E402
 from meleewm_core.store import DataRoot  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
             outputs = tabled(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
             # The tables' ceiling: the same lookup given the real next action and state_age.
             real = {}
-            for p in range(2):
+            for p in range(NUM_PLAYERS):
                 for name in ("action", "state_age"):
                     target = batch.int_tgt[:, spec.int_col(p, name)]
                     real[f"p{p}_{name}_logits"] = torch.nn.functional.one_hot(
@@ -80,7 +80,7 @@ def main() -> None:
                     ("tables_real_action", ceiling[:, i] > 0),
                 ):
                     hits[(name, who)] += (guess == truth).sum().item()
-    frames = 2 * len(rows)
+    frames = NUM_PLAYERS * len(rows)
     for name in BINARY_FIELDS:
         scores = {who: round(hits[(name, who)] / frames, 5) for field, who in hits if field == name}
         print(json.dumps({"binary": name, "player_frames": frames, **scores}))

@@ -166,18 +166,19 @@ class ModelConfig(StrictModel):
     # frame's, flipped where the training games flip them on most frames of the same transition:
     # (last action, predicted action) when the action changes, (character, action, predicted
     # state_age) when it stays. Melee turns a player at a fixed frame of the turn animation and as
-    # a turn becomes a dash (half of all facing flips in the shared replays), takes off and lands with the
-    # action; the heads, held to persistence by their prior, predicted 9 facing flips on the "two"
-    # validation games and none right (BENCHMARKS.md). The tables are measured on the training
-    # games and saved with the weights; the heads' own logits are still trained
+    # a turn becomes a dash (half of all facing flips in the shared replays), takes off and lands
+    # with the action; the heads, held to persistence by their prior, predicted 9 facing flips on
+    # the "two" validation games and none right (BENCHMARKS.md). The tables are measured on the
+    # training games and saved with the weights; the heads' own logits are still trained
     # (``binary_logits_raw``). Needs full_state heads and encoding.state_age_as_embed.
     binary_flip_tables: bool = False
     # Categoricals predicted as their last value (their heads still train but do not predict):
-    # fields whose changes the model does not foresee one step ahead. On the "two" validation games exp-7h changed
-    # last_attack_landed (set when a hit lands, which it does not predict) on 179 frames, 2 of
-    # them right, where 88 changed, and ground on 17, 1 right, where 165 changed (mostly landings
-    # on another surface; taking the surface beneath a predicted landing got 1 of them right).
-    # Holding the ground id keeps a landing player's placement on the last surface touched.
+    # fields whose changes the model does not foresee one step ahead. On the "two" validation games
+    # exp-7h changed last_attack_landed (set when a hit lands, which it does not predict) on 179
+    # frames, 2 of them right, where 88 changed, and ground on 17, 1 right, where 165 changed
+    # (mostly landings on another surface; taking the surface beneath a predicted landing got 1 of
+    # them right). Holding the ground id keeps a landing player's placement on the last surface
+    # touched.
     held_categoricals: tuple[str, ...] = ()
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's

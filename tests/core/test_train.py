@@ -37,6 +37,13 @@ def experiment(name="quick", train=QUICK, **sections) -> ExperimentConfig:
     return ExperimentConfig(name=name, train=train, **sections)
 
 
+# QUICK's training caps as dotted overrides of an experiment file (its loss settings stay the file's).
+QUICK_OVERRIDES = {
+    f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
+}
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
 @pytest.mark.parametrize(
     ("state_age", "press", "heads"),
     list(itertools.product([False, True], [False, True], ["v22", "full_state"])),
@@ -156,22 +163,16 @@ def test_fit_accepts_any_iterable_of_batches_and_preflights_it():
 
 
 def test_experiment_files_load_and_the_full_state_experiment_trains(root):
-    from pathlib import Path
-
     from meleewm_core.config import load_experiment
     from meleewm_core.train import apply_overrides
 
-    folder = Path(__file__).resolve().parents[2] / "experiments"
-    names = {p.stem: load_experiment(p) for p in folder.glob("*.yaml")}
+    names = {p.stem: load_experiment(p) for p in EXPERIMENTS.glob("*.yaml")}
     assert {"baseline-v22", "exp-1a-state-age-embed", "exp-2a-press-events", "exp-3a-full-state"} <= set(
         names
     )
     assert names["baseline-v22"].encoding == EncodingConfig() and names["baseline-v22"].model == ModelConfig()
 
-    quick = {
-        f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
-    }
-    full_state = apply_overrides(names["exp-3a-full-state"], quick)
+    full_state = apply_overrides(names["exp-3a-full-state"], QUICK_OVERRIDES)
     result = train_run(full_state, root, progress=False)
     assert result.run_dir.parent.name == "exp-3a-full-state"
     assert math.isfinite(result.metrics["loss"]) and "loss/change_gate" in result.metrics
@@ -350,15 +351,11 @@ def test_stage_surfaces_are_measured_from_the_grounded_training_frames_and_trave
 
 
 def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_the_head(root):
-    from pathlib import Path
-
     from meleewm_core.config import load_experiment
 
-    config = Path(__file__).resolve().parents[2] / "experiments" / "exp-7e-transition-head.yaml"
-    quick = {
-        f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
-    }
-    exp = load_experiment(config, {**quick, "train.rollout_steps": 2})
+    exp = load_experiment(
+        EXPERIMENTS / "exp-7e-transition-head.yaml", {**QUICK_OVERRIDES, "train.rollout_steps": 2}
+    )
     result = train_run(exp, root, progress=False)
     assert result.run_dir.parent.name == "exp-7e-transition-head" and math.isfinite(result.metrics["loss"])
 
@@ -380,11 +377,9 @@ def test_binary_flip_tables_hold_melees_turns_and_the_exp_7i_checkpoint_keeps_th
     from meleewm_core.config import load_experiment
     from meleewm_core.train import binary_flip_tables, ensure_shards
 
-    config = Path(__file__).resolve().parents[2] / "experiments" / "exp-7i-flip-tables.yaml"
-    quick = {
-        f"train.{k}": v for k, v in QUICK.model_dump(exclude={"loss_weights", "continuous_loss"}).items()
-    }
-    exp = load_experiment(config, {**quick, "train.rollout_steps": 2})
+    exp = load_experiment(
+        EXPERIMENTS / "exp-7i-flip-tables.yaml", {**QUICK_OVERRIDES, "train.rollout_steps": 2}
+    )
     spec = EncodingSpec(exp.encoding)
     data = FrameData.from_shards(
         ensure_shards(exp, root, progress=False), spec, train_percent=exp.train.train_percent
