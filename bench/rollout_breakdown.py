@@ -12,7 +12,6 @@ character stands still shows up at once.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,21 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meleewm_core.eval import choose_starts, load_run, model_predictor, open_val_data, rollout, val_arrays  # noqa: E402
-from meleewm_core.store import DataRoot  # noqa: E402
+from bench.rollout_args import parse_rollout_run  # noqa: E402
+from meleewm_core.eval import choose_starts, model_predictor, rollout, val_arrays  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("--data", help="data root holding the run's shards (default $MELEEWM_DATA)")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--starts", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-
-    run = load_run(args.run_dir, args.device)
-    data = open_val_data(run, DataRoot.from_env(args.data))
+    args, run, data = parse_rollout_run(__doc__.split("\n\n")[0])
     spec, context_len = run.layout.spec, run.experiment.model.context_len
     trace = rollout(
         model_predictor(run.model),

@@ -180,6 +180,28 @@ class ModelConfig(StrictModel):
     # them right). Holding the ground id keeps a landing player's placement on the last surface
     # touched.
     held_categoricals: tuple[str, ...] = ()
+    # Melee's death and respawn run on timers and end in fixed values: a player in a DEAD_* action
+    # for 60 frames respawns (REBIRTH) with 0 percent, a full shield, no velocity and at the
+    # stage's respawn point. Each happens a few dozen times in the training games, and exp-7i
+    # predicted none of the five respawns of the issue 5 validation game, whose resets are half of
+    # persistence's percent error there and a fifth of the model's position error. With this
+    # option the next action of a player in the death or respawn sequence follows the
+    # (action, action_age) -> action transitions the training games always take, and on a
+    # predicted respawn every continuous field the training games always set there (per stage
+    # and player slot; other stages get all but x and y from every stage's respawns) is set.
+    # Measured on the training games and saved with the weights; applied to predictions, not in
+    # training (trained with it, rollouts ended 0.4-0.7 units further off at step 60 on "two").
+    # Needs encoding.action_age_as_embed (the timer).
+    respawn_sequence: bool = False
+    # A player predicted past the furthest x or y alive players of the training games reached on
+    # the stage, on a side (left, right, bottom, top) players died through, dies: the action
+    # becomes the DEAD_* action most deaths through that side start with, and the stock is lost
+    # where most of them lose it on that first frame (not a star KO, which loses it later).
+    # Melee ends a stock where a player crosses the stage's blast zone; no head predicted a death
+    # one frame ahead, so stocks tied persistence exactly. Measured on the training games and saved
+    # with the weights; applied to predictions, not in training (as respawn_sequence). Needs
+    # full_state heads (the stocks head).
+    blast_zones: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

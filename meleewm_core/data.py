@@ -129,6 +129,17 @@ class FrameData:
             cache[str(device)] = (floats, ints)
         return cache[str(device)]
 
+    def game_rows(self, split: str) -> Iterator[tuple[GameSpan, np.ndarray, np.ndarray]]:
+        """Each game of ``split`` with its (floats, ints) rows."""
+        for game in self.games:
+            if game.split == split:
+                floats, ints = self.shards[game.shard]
+                yield (
+                    game,
+                    floats[game.offset : game.offset + game.num_frames],
+                    ints[game.offset : game.offset + game.num_frames],
+                )
+
     def md5s(self, split: str) -> list[str]:
         return [g.md5 for g in self.games if g.split == split]
 

@@ -77,6 +77,15 @@ CONTINUOUS_FIELDS = (
 CORE_CONTINUOUS_FIELDS = ("percent", "x", "y", "shield")
 VELOCITY_FIELDS = ("self_x_air", "self_y", "self_x_ground", "knockback_x", "knockback_y")
 BINARY_FIELDS = ("facing", "invulnerable", "on_ground")
+# Melee action ids (SSBM data sheet; libmelee's Action enum). 0-10 are the DEAD_* states, 11 SLEEP
+# (waiting off screen), 12-13 REBIRTH/REBIRTH_WAIT (the respawn platform).
+DEATH_ACTIONS = range(0, 11)
+DEATH_OR_RESPAWN_ACTIONS = range(0, 14)
+REBIRTH_ACTION = 12
+# The blast zone each DEAD_* action leaves through: DEAD_DOWN, DEAD_LEFT, DEAD_RIGHT, then the
+# DEAD_UP variants (star KOs, falls toward the camera).
+BLAST_SIDES = ("left", "right", "bottom", "top")
+DEATH_SIDE = (2, 0, 1, *([3] * 8))
 STICK_FIELDS = ("main_x", "main_y", "c_x", "c_y")
 BUTTON_FIELDS = ("A", "B", "X", "Y", "Z", "L", "R", "D_UP")
 CONTROLLER_FIELDS = (*STICK_FIELDS, "shoulder", *BUTTON_FIELDS)

@@ -45,16 +45,19 @@ from pydantic import BaseModel, ConfigDict
 
 from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import Batch, FrameData, WindowColumns, gather_batch, make_batches
-from meleewm_core.encoding import BINARY_FIELDS, NUM_PLAYERS, EncodingSpec, HeadLayout
+from meleewm_core.encoding import (
+    BINARY_FIELDS,
+    DEATH_ACTIONS,
+    DEATH_OR_RESPAWN_ACTIONS,
+    NUM_PLAYERS,
+    EncodingSpec,
+    HeadLayout,
+)
 from meleewm_core.metrics import MetricAccumulator, compute_loss
 from meleewm_core.models import next_frame
 
 # Rollout errors are reported at these steps (those not beyond --steps).
 REPORT_STEPS = (1, 5, 10, 20, 60)
-# Melee action ids (SSBM data sheet; libmelee's Action enum). 0-10 are the DEAD_* states, 11 SLEEP
-# (waiting off screen), 12-13 REBIRTH/REBIRTH_WAIT (the respawn platform).
-DEATH_ACTIONS = range(0, 11)
-DEATH_OR_RESPAWN_ACTIONS = range(0, 14)
 GUARD_ACTIONS = range(178, 183)  # GuardOn, Guard, GuardOff, GuardSetOff, GuardReflect
 SHIELD_BREAK_ACTIONS = range(205, 212)  # ShieldBreakFly ... ShieldBreakTeeter (FuraFura)
 # Catch* and Throw* of the grabber (212-222), Capture* of the grabbed (223-232), Thrown* (239-243).

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from meleewm_core.encoding import CONTROLLER_FIELDS, NUM_PLAYERS
-from meleewm_core.eval import DEATH_ACTIONS, EvalError, load_run, open_val_data, val_arrays
+from meleewm_core.encoding import CONTROLLER_FIELDS, DEATH_ACTIONS, NUM_PLAYERS
+from meleewm_core.eval import EvalError, load_run, open_val_data, val_arrays
 from meleewm_core.models import next_frame
 from meleewm_core.policy import controller_row, predicted_controllers
 

@@ -35,7 +35,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from meleewm_core.augment import WindowAugment, mirrored_grounds
 from meleewm_core.config import ExperimentConfig, TrainConfig
 from meleewm_core.data import FrameData, make_batches, preflight
-from meleewm_core.encoding import BINARY_FIELDS, NUM_PLAYERS, EncodingSpec, HeadLayout, head_layout
+from meleewm_core.encoding import (
+    BINARY_FIELDS,
+    BLAST_SIDES,
+    DEATH_ACTIONS,
+    DEATH_OR_RESPAWN_ACTIONS,
+    DEATH_SIDE,
+    NUM_PLAYERS,
+    REBIRTH_ACTION,
+    EncodingSpec,
+    HeadLayout,
+    head_layout,
+)
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
 
@@ -568,12 +579,7 @@ def binary_flip_tables(
     actions, characters = spec.vocab("action"), spec.vocab("character")
     change_size, stay_size = actions * actions, characters * actions * age_cap
     keys, flips = [], []
-    for game in data.games:
-        if game.split != "train":
-            continue
-        floats, ints = (
-            array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard]
-        )
+    for _, floats, ints in data.game_rows("train"):
         for p in range(NUM_PLAYERS):
             action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
             age = np.clip(np.asarray(ints[1:, spec.int_col(p, "state_age")], dtype=np.int64), 0, age_cap - 1)
@@ -601,6 +607,117 @@ def binary_flip_tables(
     return torch.from_numpy(on_change), torch.from_numpy(on_stay)
 
 
+def respawn_tables(
+    data: FrameData, layout: HeadLayout, min_frames: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Melee's death and respawn sequence as the training games play it.
+
+    ``next_action`` (death/respawn actions, action_age vocab): the action that follows (action,
+    action_age) on more than half of at least ``min_frames`` player-frames, where it is another
+    action; -1 elsewhere. ``values`` and ``known`` (stages, continuous slots): each predicted
+    continuous field's value on the frame a dead player respawns, where more than half of that
+    stage's respawns (at least two) of that player slot agree on it; on other stages, where more
+    than half of all respawns of the slot agree, except x and y (the respawn point is the
+    stage's)."""
+    spec = data.spec
+    sequence, ages, stages = len(DEATH_OR_RESPAWN_ACTIONS), spec.vocab("action_age"), spec.vocab("stage")
+    slots = np.array(layout.continuous_cols)
+    owner = slots // spec.float_per_player
+    transitions, events = [], []
+    for _, floats, ints in data.game_rows("train"):
+        stage = int(ints[0, spec.stage_col])
+        for p in range(NUM_PLAYERS):
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            age = np.asarray(ints[:-1, spec.int_col(p, "action_age")], dtype=np.int64)
+            before, after = action[:-1], action[1:]
+            timed = before < sequence
+            transitions.append((before[timed] * ages + age[timed]) * spec.vocab("action") + after[timed])
+            respawn = np.flatnonzero(np.isin(before, DEATH_ACTIONS) & (after == REBIRTH_ACTION)) + 1
+            for row in respawn:
+                events.append((stage, p, np.asarray(floats[row, slots])))
+
+    key = np.concatenate(transitions) if transitions else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(key, minlength=sequence * ages * spec.vocab("action")).reshape(sequence, ages, -1)
+    seen, best = counts.sum(2), counts.argmax(2)
+    decided = (
+        (counts.max(2) >= min_frames) & (counts.max(2) > seen / 2) & (best != np.arange(sequence)[:, None])
+    )
+    next_action = np.where(decided, best, -1)
+
+    values = np.zeros((stages, len(slots)), dtype=np.float32)
+    known = np.zeros((stages, len(slots)), dtype=bool)
+
+    def agreed(rows: list[np.ndarray], least: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per slot the most common value among ``rows`` and whether more than half of them hold it."""
+        if len(rows) < least:
+            return np.zeros(len(slots), dtype=np.float32), np.zeros(len(slots), dtype=bool)
+        stacked = np.stack(rows)
+        mode, share = [], []
+        for column in stacked.T:
+            found, count = np.unique(np.round(column, 4), return_counts=True)
+            mode.append(column[np.round(column, 4) == found[count.argmax()]][0])
+            share.append(count.max() / len(column))
+        return np.array(mode, dtype=np.float32), np.array(share) > 0.5
+
+    anywhere = np.ones(len(slots), dtype=bool)
+    anywhere[layout.position_slots] = False
+    for p in range(NUM_PLAYERS):
+        mine = owner == p
+        everywhere, everywhere_known = agreed([row for _, q, row in events if q == p], 1)
+        everywhere_known &= anywhere
+        for stage in range(stages):
+            here, here_known = agreed([row for s, q, row in events if s == stage and q == p], 2)
+            values[stage, mine] = np.where(here_known, here, everywhere)[mine]
+            known[stage, mine] = (here_known | everywhere_known)[mine]
+    return torch.from_numpy(next_action), torch.from_numpy(values), torch.from_numpy(known)
+
+
+def blast_zones(data: FrameData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where and how the training games' players die.
+
+    ``bounds`` and ``known`` (stages, sides; ``BLAST_SIDES``): per stage the furthest x (left,
+    right) or y (bottom, top) an alive player reached, known where a player died through that
+    side. ``side_action`` (sides,): the DEAD_* action most deaths through the side start with, -1
+    where none did; ``side_stock`` (sides,): whether most of them lose the stock on that first
+    frame (a star KO loses it later)."""
+    spec = data.spec
+    stages, sides = spec.vocab("stage"), len(BLAST_SIDES)
+    far = np.full((stages, sides), np.nan)
+    died = np.zeros((stages, sides), dtype=bool)
+    entries = []
+    for _, floats, ints in data.game_rows("train"):
+        stage = int(ints[0, spec.stage_col])
+        for p in range(NUM_PLAYERS):
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            x, y = (np.asarray(floats[:, spec.float_col(p, axis)], dtype=np.float64) for axis in "xy")
+            stocks = np.asarray(floats[:, spec.float_col(p, "stocks")], dtype=np.float64)
+            alive = action >= DEATH_OR_RESPAWN_ACTIONS.stop
+            if alive.any():
+                reached = (x[alive].min(), x[alive].max(), y[alive].min(), y[alive].max())
+                extreme = (np.fmin, np.fmax, np.fmin, np.fmax)
+                far[stage] = [pick(far[stage, i], reached[i]) for i, pick in enumerate(extreme)]
+            for row in np.flatnonzero(alive[:-1] & np.isin(action[1:], DEATH_ACTIONS)) + 1:
+                side = DEATH_SIDE[action[row]]
+                died[stage, side] = True
+                entries.append((side, action[row], stocks[row] < stocks[row - 1]))
+
+    side_action = np.full(sides, -1, dtype=np.int64)
+    side_stock = np.zeros(sides, dtype=bool)
+    for side in range(sides):
+        through = [(act, lost) for s, act, lost in entries if s == side]
+        if through:
+            actions, counts = np.unique([act for act, _ in through], return_counts=True)
+            side_action[side] = actions[counts.argmax()]
+            side_stock[side] = np.mean([lost for _, lost in through]) > 0.5
+    known = died & ~np.isnan(far)
+    return (
+        torch.from_numpy(np.nan_to_num(far).astype(np.float32)),
+        torch.from_numpy(known),
+        torch.from_numpy(side_action),
+        torch.from_numpy(side_stock),
+    )
+
+
 def stage_surfaces(
     data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -616,12 +733,9 @@ def stage_surfaces(
     line, extent, known = np.zeros((*shape, 2)), np.zeros((*shape, 2)), np.zeros(shape, dtype=bool)
     keys, xs, ys = [], [], []
     rows = 0
-    for game in data.games:
-        if game.split != "train" or rows >= max_rows:
-            continue
-        floats, ints = (
-            array[game.offset : game.offset + game.num_frames] for array in data.shards[game.shard]
-        )
+    for game, floats, ints in data.game_rows("train"):
+        if rows >= max_rows:
+            break
         stage = np.asarray(ints[:, spec.stage_col], dtype=np.int64)
         for p in range(NUM_PLAYERS):
             ground = np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64)
@@ -792,6 +906,10 @@ def train_run(
         if experiment.model.binary_flip_tables and hasattr(model, "calibrate_flip_tables"):
             tables = binary_flip_tables(data, model.flips_on_stay.shape[2])
             model.calibrate_flip_tables(*(table.to(device) for table in tables))
+        if experiment.model.respawn_sequence and hasattr(model, "calibrate_respawn"):
+            model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
+        if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):
+            model.calibrate_blast_zones(*(table.to(device) for table in blast_zones(data)))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

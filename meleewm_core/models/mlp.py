@@ -14,7 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from meleewm_core.config import EncodingConfig, ModelConfig
-from meleewm_core.encoding import BINARY_FIELDS, NUM_PLAYERS, STICK_FIELDS, EncodingSpec, head_layout
+from meleewm_core.encoding import (
+    BINARY_FIELDS,
+    BLAST_SIDES,
+    DEATH_ACTIONS,
+    DEATH_OR_RESPAWN_ACTIONS,
+    NUM_PLAYERS,
+    REBIRTH_ACTION,
+    STICK_FIELDS,
+    EncodingSpec,
+    head_layout,
+)
 from meleewm_core.models import layers
 
 # ``normalized_dynamics``: a column that barely varies in training divides by at least this, and
@@ -209,6 +219,41 @@ class FrameStackMLP(nn.Module):
             if name in model.held_categoricals
         ]
 
+        self.respawn_sequence = model.respawn_sequence
+        if model.respawn_sequence:
+            if not encoding.action_age_as_embed:
+                raise ValueError(
+                    "model.respawn_sequence needs encoding.action_age_as_embed (the death timer)"
+                )
+            # Empty (no timer fires, nothing is set) until ``calibrate_respawn``; saved with the weights.
+            sequence, slots = len(DEATH_OR_RESPAWN_ACTIONS), len(self.layout.continuous_cols)
+            self.register_buffer("timed_next_action", torch.full((sequence, spec.vocab("action_age")), -1))
+            self.register_buffer("respawn_values", torch.zeros(spec.vocab("stage"), slots))
+            self.register_buffer("respawn_known", torch.zeros(spec.vocab("stage"), slots, dtype=torch.bool))
+            owner = [col // spec.float_per_player for col in self.layout.continuous_cols]
+            self.register_buffer("respawn_slot_player", torch.tensor(owner), persistent=False)
+            self.register_buffer("respawn_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
+
+        self.blast_zones = model.blast_zones
+        if model.blast_zones:
+            if model.heads != "full_state":
+                raise ValueError("model.blast_zones needs heads: full_state (the stocks head)")
+            # Empty (nobody dies) until ``calibrate_blast_zones``; saved with the weights.
+            sides = (spec.vocab("stage"), len(BLAST_SIDES))
+            self.register_buffer("blast_bounds", torch.zeros(sides))
+            self.register_buffer("blast_known", torch.zeros(sides, dtype=torch.bool))
+            self.register_buffer("blast_action", torch.full((len(BLAST_SIDES),), -1))
+            self.register_buffer("blast_stock", torch.zeros(len(BLAST_SIDES), dtype=torch.bool))
+            slots = self.layout.continuous_cols
+            self.blast_slots = [
+                {name: slots.index(spec.float_col(p, name)) for name in ("x", "y", "stocks")}
+                for p in range(NUM_PLAYERS)
+            ]
+        # The ages of an action decided outright (a timer, a death) restart at 0.
+        self.age_heads = [
+            key for key, _, name, _ in self.layout.logit_heads if name in ("state_age", "action_age")
+        ]
+
         self.motion_prior = model.motion_prior
         self.motion_gate = model.motion_gate
         if model.motion_prior:
@@ -303,6 +348,89 @@ class FrameStackMLP(nn.Module):
         """Set the flip tables (``binary_flip_tables``), as measured by ``train.binary_flip_tables``."""
         self.flips_on_change.copy_(on_change)
         self.flips_on_stay.copy_(on_stay)
+
+    @torch.no_grad()
+    def calibrate_respawn(self, next_action: torch.Tensor, values: torch.Tensor, known: torch.Tensor) -> None:
+        """Set the death timers and respawn values (``respawn_sequence``), as measured by
+        ``train.respawn_tables``."""
+        self.timed_next_action.copy_(next_action)
+        self.respawn_values.copy_(values)
+        self.respawn_known.copy_(known)
+
+    @torch.no_grad()
+    def calibrate_blast_zones(
+        self, bounds: torch.Tensor, known: torch.Tensor, side_action: torch.Tensor, side_stock: torch.Tensor
+    ) -> None:
+        """Set the blast zones (``blast_zones``), as measured by ``train.blast_zones``."""
+        self.blast_bounds.copy_(bounds)
+        self.blast_known.copy_(known)
+        self.blast_action.copy_(side_action)
+        self.blast_stock.copy_(side_stock)
+
+    def decide_action(
+        self, outputs: dict[str, torch.Tensor], player: int, where: torch.Tensor, action: torch.Tensor
+    ) -> None:
+        """Make ``action`` (B,) the player's predicted action where ``where`` (B,), at ages 0; the
+        heads' own logits stay what the loss trains (``*_raw``)."""
+        key = f"p{player}_action_logits"
+        ages = [head for head in self.age_heads if head.startswith(f"p{player}_")]
+        for head in (key, *ages):
+            outputs.setdefault(f"{head}_raw", outputs[head])
+        where = where[:, None]
+        outputs[key] = torch.where(where, decided_logits(action.clamp(min=0), outputs[key]), outputs[key])
+        for head in ages:
+            fresh = decided_logits(torch.zeros_like(action), outputs[head])
+            outputs[head] = torch.where(where, fresh, outputs[head])
+
+    def follow_death_timers(self, outputs: dict[str, torch.Tensor], last_ints: torch.Tensor) -> torch.Tensor:
+        """Decide the action of each player whose death or respawn timer runs out; return
+        (B, players) True where a dead player is predicted to respawn."""
+        spec, sequence = self.spec, len(DEATH_OR_RESPAWN_ACTIONS)
+        respawning = []
+        for p in range(NUM_PLAYERS):
+            action = last_ints[:, spec.int_col(p, "action")]
+            age = last_ints[:, spec.int_col(p, "action_age")]
+            timed = torch.where(
+                action < sequence, self.timed_next_action[action.clamp(max=sequence - 1), age], -1
+            )
+            self.decide_action(outputs, p, timed >= 0, timed)
+            dead = (action >= DEATH_ACTIONS.start) & (action < DEATH_ACTIONS.stop)
+            respawning.append(dead & (outputs[f"p{p}_action_logits"].argmax(1) == REBIRTH_ACTION))
+        return torch.stack(respawning, 1)
+
+    def blast_zone_deaths(
+        self,
+        outputs: dict[str, torch.Tensor],
+        last_floats: torch.Tensor,
+        last_ints: torch.Tensor,
+        stage: torch.Tensor,
+    ) -> None:
+        """Each alive player predicted past a known blast zone of the stage dies there: the side's
+        death action, and a stock lost where that side loses it at once."""
+        spec = self.spec
+        delta = outputs["continuous_delta"].float()
+        bounds, known = self.blast_bounds[stage], self.blast_known[stage]
+        for p, slot in enumerate(self.blast_slots):
+            alive = last_ints[:, spec.int_col(p, "action")] >= DEATH_OR_RESPAWN_ACTIONS.stop
+            x, y = (last_floats[:, spec.float_col(p, axis)].float() + delta[:, slot[axis]] for axis in "xy")
+            beyond = torch.stack([x < bounds[:, 0], x > bounds[:, 1], y < bounds[:, 2], y > bounds[:, 3]], 1)
+            beyond &= known & alive[:, None]
+            dies, side = beyond.any(1), beyond.float().argmax(1)
+            self.decide_action(outputs, p, dies, self.blast_action[side])
+            loses = dies & self.blast_stock[side]
+            delta[:, slot["stocks"]] = torch.where(
+                loses, -self.spec.scale("stocks"), delta[:, slot["stocks"]]
+            )
+        outputs["continuous_delta"] = delta
+
+    def respawned_deltas(
+        self, delta: torch.Tensor, respawning: torch.Tensor, last_floats: torch.Tensor, stage: torch.Tensor
+    ) -> torch.Tensor:
+        """``delta`` (B, slots) with every field known at a respawn set to its value for each
+        respawning player."""
+        setting = respawning[:, self.respawn_slot_player] & self.respawn_known[stage]
+        last = last_floats.index_select(1, self.respawn_cols).float()
+        return torch.where(setting, self.respawn_values[stage] - last, delta.float())
 
     def flip_table_binary_logits(
         self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
@@ -490,9 +618,15 @@ class FrameStackMLP(nn.Module):
         for key, player, name in self.held_heads:
             last = int_ctx[:, -1, self.spec.int_col(player, name)]
             outputs[f"{key}_raw"] = outputs[key]
-            outputs[key] = DECIDED_LOGIT * (2 * F.one_hot(last, outputs[key].shape[1]) - 1).to(
-                outputs[key].dtype
-            )
+            outputs[key] = decided_logits(last, outputs[key])
+        # Predictions only: rollout training through a respawn shows the motion prior the teleport
+        # as a displacement, and exp-7j trained that way rolled out 0.4-0.7 units further
+        # (BENCHMARKS.md); the blast zones' deaths likewise.
+        respawns = self.respawn_sequence and not self.training
+        if respawns:
+            respawning = self.follow_death_timers(outputs, int_ctx[:, -1])
+        if self.blast_zones and not self.training:
+            self.blast_zone_deaths(outputs, float_ctx[:, -1], int_ctx[:, -1], stage)
         if self.binary_flip_tables:
             outputs["binary_logits_raw"] = outputs["binary_logits"]
             outputs["binary_logits"] = self.flip_table_binary_logits(
@@ -500,6 +634,10 @@ class FrameStackMLP(nn.Module):
             )
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
+        if respawns:
+            outputs["continuous_delta"] = self.respawned_deltas(
+                outputs["continuous_delta"], respawning, float_ctx[:, -1], stage
+            )
         return outputs
 
 
@@ -516,6 +654,11 @@ def stick_features(last: torch.Tensor, now: torch.Tensor, facing: torch.Tensor) 
         centred = 2 * sticks - 1
         features += [centred.abs(), centred[:, ::2] * forward]
     return torch.cat(features, dim=1)
+
+
+def decided_logits(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Logits (B, vocab) shaped and typed like ``like`` that decide ``values`` (B,) outright."""
+    return (DECIDED_LOGIT * (2 * F.one_hot(values, like.shape[1]) - 1)).to(like.dtype)
 
 
 def keep_or_change(logits: torch.Tensor, change_logit: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

@@ -303,6 +303,93 @@ def test_binary_flip_tables_flip_where_the_tables_say_and_held_categoricals_keep
         build_model(EncodingConfig(), ModelConfig(heads="full_state", binary_flip_tables=True))
 
 
+def table_model(**options) -> tuple[EncodingConfig, EncodingSpec, torch.nn.Module]:
+    """A full_state model with both age embeddings and ``options``, in eval mode."""
+    encoding = EncodingConfig(state_age_as_embed=True, action_age_as_embed=True)
+    model = build_model(encoding, ModelConfig(heads="full_state", **options)).eval()
+    return encoding, EncodingSpec(encoding), model
+
+
+def test_respawn_sequence_fires_the_death_timer_and_sets_the_known_fields_of_a_respawning_player():
+    encoding, spec, model = table_model(respawn_sequence=True)
+    dead_down, rebirth, wait, stage = 0, 12, 14, 3
+    slots = model.layout.continuous_cols
+    percent, y = (slots.index(spec.float_col(0, name)) for name in ("percent", "y"))
+    timers = torch.full_like(model.timed_next_action, -1)
+    timers[dead_down, 59] = rebirth
+    values, known = torch.zeros_like(model.respawn_values), torch.zeros_like(model.respawn_known)
+    values[stage, y], known[stage, [percent, y]] = 4.0, True
+    model.calibrate_respawn(timers, values, known)
+
+    float_ctx = torch.rand(3, 10, spec.float_per_frame)
+    ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.stage_col] = stage
+    ints[:, :, spec.int_col(1, "action")] = wait
+    ints[:, -1, spec.int_col(0, "action")] = dead_down
+    ints[:, -1, spec.int_col(0, "action_age")] = torch.tensor([59, 30, 59])
+    ints[2, -1, spec.int_col(0, "action")] = wait  # alive at the same age: no timer
+    ctrl = torch.rand(3, spec.ctrl_conditioning_dim)
+    with torch.no_grad():
+        outputs = model(float_ctx, ints, ctrl)
+        plain = build_model(encoding, ModelConfig(heads="full_state")).eval()
+        plain.load_state_dict(model.state_dict(), strict=False)
+        untouched = plain(float_ctx, ints, ctrl)
+    assert outputs["p0_action_logits"].argmax(1)[0] == rebirth
+    assert outputs["p0_action_age_logits"].argmax(1)[0] == 0
+    assert (outputs["p0_action_logits"].argmax(1)[1:] != rebirth).all()
+    last = float_ctx[:, -1]
+    predicted = (
+        last[0, [spec.float_col(0, "percent"), spec.float_col(0, "y")]]
+        + outputs["continuous_delta"][0, [percent, y]]
+    )
+    assert torch.allclose(predicted, torch.tensor([0.0, 4.0]))
+    # Fields the tables do not know, the rows without a respawn and the other player keep the heads' guesses.
+    keep = torch.ones_like(outputs["continuous_delta"], dtype=torch.bool)
+    keep[0, [percent, y]] = False
+    assert torch.allclose(outputs["continuous_delta"][keep], untouched["continuous_delta"][keep])
+    assert torch.equal(outputs["p1_action_logits"], untouched["p1_action_logits"])
+    # Training never sees them (rollout training would feed the teleport to the motion prior).
+    with torch.no_grad():
+        torch.manual_seed(0)
+        training = model.train()(float_ctx, ints, ctrl)
+        torch.manual_seed(0)
+        plain_training = plain.train()(float_ctx, ints, ctrl)
+    for key in ("continuous_delta", "p0_action_logits"):
+        assert torch.equal(training[key], plain_training[key]), key
+
+    with pytest.raises(ValueError, match="action_age_as_embed"):
+        build_model(EncodingConfig(), ModelConfig(heads="full_state", respawn_sequence=True))
+
+
+def test_blast_zones_kill_a_living_player_predicted_past_a_known_side_and_take_the_stock():
+    encoding, spec, model = table_model(blast_zones=True)
+    stage, right, bottom, dead_right, dead_down, wait = 3, 1, 2, 2, 0, 14
+    bounds, known = torch.zeros_like(model.blast_bounds), torch.zeros_like(model.blast_known)
+    bounds[stage, right], known[stage, right] = 5.0, True
+    bounds[stage, bottom] = 10.0  # would kill everyone, but nobody died through the bottom there
+    model.calibrate_blast_zones(
+        bounds, known, torch.tensor([1, dead_right, dead_down, 4]), torch.tensor([True, True, True, False])
+    )
+    float_ctx = torch.zeros(3, 10, spec.float_per_frame)
+    ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.stage_col] = stage
+    ints[:, :, [spec.int_col(p, "action") for p in range(2)]] = wait
+    float_ctx[:, -1, spec.float_col(0, "x")] = torch.tensor([9.0, 1.0, 9.0])
+    ints[2, -1, spec.int_col(0, "action")] = dead_down  # already dead: not killed again
+    float_ctx[:, -1, spec.float_col(0, "stocks")] = 3 * spec.scale("stocks")
+    with torch.no_grad():
+        outputs = model(float_ctx, ints, torch.rand(3, spec.ctrl_conditioning_dim))
+    actions = outputs["p0_action_logits"].argmax(1)
+    assert actions[0] == dead_right and actions[1] != dead_right and actions[2] != dead_right
+    assert outputs["p0_state_age_logits"].argmax(1)[0] == 0
+    stocks = model.layout.continuous_cols.index(spec.float_col(0, "stocks"))
+    lost = outputs["continuous_delta"][:, stocks] / spec.scale("stocks")
+    assert torch.isclose(lost[0], torch.tensor(-1.0)) and (lost[1:].abs() < 0.5).all()
+
+    with pytest.raises(ValueError, match="full_state"):
+        build_model(encoding, ModelConfig(blast_zones=True))
+
+
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)

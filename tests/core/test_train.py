@@ -44,6 +44,19 @@ QUICK_OVERRIDES = {
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
+def experiment_file_data(name: str, root) -> tuple[ExperimentConfig, EncodingSpec, FrameData]:
+    """An experiment file with QUICK's caps and 2-step rollouts, and its encoded games."""
+    from meleewm_core.config import load_experiment
+    from meleewm_core.train import ensure_shards
+
+    exp = load_experiment(EXPERIMENTS / name, {**QUICK_OVERRIDES, "train.rollout_steps": 2})
+    spec = EncodingSpec(exp.encoding)
+    data = FrameData.from_shards(
+        ensure_shards(exp, root, progress=False), spec, train_percent=exp.train.train_percent
+    )
+    return exp, spec, data
+
+
 @pytest.mark.parametrize(
     ("state_age", "press", "heads"),
     list(itertools.product([False, True], [False, True], ["v22", "full_state"])),
@@ -374,16 +387,9 @@ def test_transition_head_experiment_trains_on_rollouts_and_its_checkpoint_keeps_
 
 
 def test_binary_flip_tables_hold_melees_turns_and_the_exp_7i_checkpoint_keeps_them(root):
-    from meleewm_core.config import load_experiment
-    from meleewm_core.train import binary_flip_tables, ensure_shards
+    from meleewm_core.train import binary_flip_tables
 
-    exp = load_experiment(
-        EXPERIMENTS / "exp-7i-flip-tables.yaml", {**QUICK_OVERRIDES, "train.rollout_steps": 2}
-    )
-    spec = EncodingSpec(exp.encoding)
-    data = FrameData.from_shards(
-        ensure_shards(exp, root, progress=False), spec, train_percent=exp.train.train_percent
-    )
+    exp, spec, data = experiment_file_data("exp-7i-flip-tables.yaml", root)
     on_change, on_stay = binary_flip_tables(data, 64)
     facing, on_ground = 0, 2
     turn, dash, wait = 18, 20, 14
@@ -403,6 +409,105 @@ def test_binary_flip_tables_hold_melees_turns_and_the_exp_7i_checkpoint_keeps_th
     for name in ("ground", "last_attack_landed"):
         last = int_ctx[:, -1, spec.int_col(1, name)]
         assert torch.equal(outputs[f"p1_{name}_logits"].argmax(1), last), name
+
+
+def test_respawn_tables_hold_melees_death_timer_and_the_exp_7j_checkpoint_respawns_a_validation_player(root):
+    from meleewm_core.data import WindowColumns, gather_batch
+    from meleewm_core.encoding import DEATH_ACTIONS, REBIRTH_ACTION, head_layout
+    from meleewm_core.train import respawn_tables
+
+    exp, spec, data = experiment_file_data("exp-7j-respawn.yaml", root)
+    layout = head_layout(spec, exp.model.heads)
+    next_action, values, known = respawn_tables(data, layout)
+    dead_down = 0
+    assert next_action[dead_down, 59] == REBIRTH_ACTION  # 60 frames dead, then the respawn platform
+    assert (next_action[dead_down, :59] == -1).all()
+    slots = layout.continuous_cols
+    percent, shield, x, stocks = (
+        slots.index(spec.float_col(0, n)) for n in ("percent", "shield", "x", "stocks")
+    )
+    played = {
+        int(data.shards[g.shard][1][g.offset, spec.stage_col]) for g in data.games if g.split == "train"
+    }
+    elsewhere = next(s for s in range(spec.vocab("stage")) if s not in played)
+    for stage in played & set(known[:, x].nonzero().flatten().tolist()):
+        assert known[stage, percent] and values[stage, percent] == 0
+        assert known[stage, shield] and torch.isclose(
+            values[stage, shield], torch.tensor(60 * spec.scale("shield"))
+        )
+    assert known[:, x].any() and not known[elsewhere, x] and known[elsewhere, percent]
+    assert not known[:, stocks].any()  # a respawn keeps the stocks left, which differ
+
+    result = train_run(exp, root, progress=False)
+    model = load_checkpoint(result.best_checkpoint).model
+    assert torch.equal(model.timed_next_action, next_action) and torch.equal(model.respawn_known, known)
+    windows, players = [], []
+    for game in (g for g in data.games if g.split == "val"):
+        floats, ints = (
+            torch.from_numpy(np.asarray(a[game.offset : game.offset + game.num_frames]))
+            for a in data.shards[game.shard]
+        )
+        ints = ints.long()
+        for p in range(2):
+            action, age = ints[:-1, spec.int_col(p, "action")], ints[:-1, spec.int_col(p, "action_age")]
+            timed = next_action[action.clamp(max=DEATH_ACTIONS.stop - 1), age] == REBIRTH_ACTION
+            respawns = (
+                (action < DEATH_ACTIONS.stop)
+                & timed
+                & (ints[1:, spec.int_col(p, "action")] == REBIRTH_ACTION)
+            )
+            rows = respawns.nonzero().flatten() + 1
+            windows.append(gather_batch(floats, ints, rows, WindowColumns(spec, 10, "cpu")))
+            players += [p] * len(rows)
+    assert players, "the validation games hold a respawn the training games time"
+    float_ctx, int_ctx, next_ctrl = (torch.cat([getattr(w, n) for w in windows]) for n in Batch._fields[:3])
+    with torch.no_grad():
+        outputs = model.eval()(float_ctx, int_ctx, next_ctrl)
+    for i, p in enumerate(players):
+        assert outputs[f"p{p}_action_logits"][i].argmax() == REBIRTH_ACTION
+        slot = slots.index(spec.float_col(p, "percent"))
+        assert float_ctx[i, -1, spec.float_col(p, "percent")] + outputs["continuous_delta"][i, slot] == 0
+
+
+def test_blast_zones_hold_melees_deaths_and_the_exp_7k_checkpoint_calls_most_validation_deaths(root):
+    from meleewm_core.data import WindowColumns, gather_batch
+    from meleewm_core.encoding import BLAST_SIDES, DEATH_ACTIONS, DEATH_OR_RESPAWN_ACTIONS
+    from meleewm_core.train import blast_zones
+
+    exp, spec, data = experiment_file_data("exp-7k-blast-zones.yaml", root)
+    bounds, known, side_action, side_stock = blast_zones(data)
+    bottom, top = BLAST_SIDES.index("bottom"), BLAST_SIDES.index("top")
+    # Falling off the bottom starts DEAD_DOWN and takes the stock at once; a star KO takes it later.
+    assert side_action[bottom] == 0 and side_stock[bottom]
+    assert side_action[top] in DEATH_ACTIONS and not side_stock[top]
+    assert known[:, bottom].any()
+
+    result = train_run(exp, root, progress=False)
+    model = load_checkpoint(result.best_checkpoint).model.eval()
+    assert torch.equal(model.blast_bounds, bounds) and torch.equal(model.blast_known, known)
+    stocks = [model.layout.continuous_cols.index(spec.float_col(p, "stocks")) for p in range(2)]
+    called = real = right = 0
+    for game in (g for g in data.games if g.split == "val"):
+        floats, ints = (
+            torch.from_numpy(np.asarray(a[game.offset : game.offset + game.num_frames]))
+            for a in data.shards[game.shard]
+        )
+        rows = torch.arange(10, game.num_frames)
+        batch = gather_batch(floats, ints.long(), rows, WindowColumns(spec, 10, "cpu"))
+        with torch.no_grad():
+            outputs = model(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
+        for p in range(2):
+            lost = (
+                batch.float_tgt[:, spec.float_col(p, "stocks")]
+                < batch.float_ctx[:, -1, spec.float_col(p, "stocks")]
+            )
+            alive = batch.int_ctx[:, -1, spec.int_col(p, "action")] >= DEATH_OR_RESPAWN_ACTIONS.stop
+            predicted = outputs["continuous_delta"][:, stocks[p]] < -0.5 * spec.scale("stocks")
+            called += int(predicted.sum())
+            real += int((lost & alive).sum())
+            right += int((predicted & lost).sum())
+    # More right than wrong either way: the stocks beat persistence one step ahead.
+    assert real and right > (called - right) and right > (real - right), (called, real, right)
 
 
 def test_a_checkpoint_this_version_cannot_rebuild_names_the_file_the_cause_and_the_commit(root, tmp_path):
