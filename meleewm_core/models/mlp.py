@@ -418,9 +418,7 @@ class FrameStackMLP(nn.Module):
             dies, side = beyond.any(1), beyond.float().argmax(1)
             self.decide_action(outputs, p, dies, self.blast_action[side])
             loses = dies & self.blast_stock[side]
-            delta[:, slot["stocks"]] = torch.where(
-                loses, -self.spec.scale("stocks"), delta[:, slot["stocks"]]
-            )
+            delta[:, slot["stocks"]] = torch.where(loses, -spec.scale("stocks"), delta[:, slot["stocks"]])
         outputs["continuous_delta"] = delta
 
     def respawned_deltas(
