@@ -527,10 +527,9 @@ def _training_floats(data: FrameData, max_rows: int, cols: list[int] | None = No
     """Each training game's float rows (all columns, or ``cols``) as float64, until about
     ``max_rows`` rows have been read."""
     rows = 0
-    for game in data.games:
-        if game.split != "train" or rows >= max_rows:
-            continue
-        floats = data.shards[game.shard][0][game.offset : game.offset + game.num_frames]
+    for game, floats, _ in data.game_rows("train"):
+        if rows >= max_rows:
+            break
         yield np.asarray(floats if cols is None else floats[:, cols], dtype=np.float64)
         rows += game.num_frames
 
@@ -790,13 +789,11 @@ def persistence_rates(data: FrameData, layout: HeadLayout) -> tuple[torch.Tensor
     same_binary = np.zeros(len(layout.binary_cols))
     same_int = np.zeros(len(int_cols))
     pairs = 0
-    for game in data.games:
-        if game.split != "train" or game.num_frames < 2:
+    for game, floats, ints in data.game_rows("train"):
+        if game.num_frames < 2:
             continue
-        floats, ints = data.shards[game.shard]
-        rows = slice(game.offset, game.offset + game.num_frames)
-        binary = np.asarray(floats[rows][:, layout.binary_cols])
-        cats = np.asarray(ints[rows][:, int_cols])
+        binary = np.asarray(floats[:, layout.binary_cols])
+        cats = np.asarray(ints[:, int_cols])
         same_binary += (binary[1:] == binary[:-1]).sum(0)
         same_int += (cats[1:] == cats[:-1]).sum(0)
         pairs += game.num_frames - 1

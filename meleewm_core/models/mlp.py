@@ -75,6 +75,8 @@ class FrameStackMLP(nn.Module):
 
         num_deltas = len(self.layout.continuous_cols)
         input_dim = spec.model_input_dim(model.context_len)
+        # The float column of each predicted continuous delta.
+        self.register_buffer("delta_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
         self.normalized_dynamics = model.normalized_dynamics
         if model.normalized_dynamics:
             input_dim += (model.context_len - 1) * num_deltas
@@ -82,7 +84,6 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("float_mean", torch.zeros(spec.float_per_frame))
             self.register_buffer("float_std", torch.ones(spec.float_per_frame))
             self.register_buffer("delta_scale", torch.ones(num_deltas))
-            self.register_buffer("delta_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
         self.stage_surfaces = model.stage_surfaces
         if model.stage_surfaces:
             if "ground" not in self.layout.categoricals or not model.delta_gate:
@@ -232,7 +233,6 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("respawn_known", torch.zeros(spec.vocab("stage"), slots, dtype=torch.bool))
             owner = [col // spec.float_per_player for col in self.layout.continuous_cols]
             self.register_buffer("respawn_slot_player", torch.tensor(owner), persistent=False)
-            self.register_buffer("respawn_cols", torch.tensor(self.layout.continuous_cols), persistent=False)
 
         self.blast_zones = model.blast_zones
         if model.blast_zones:
@@ -427,7 +427,7 @@ class FrameStackMLP(nn.Module):
         """``delta`` (B, slots) with every field known at a respawn set to its value for each
         respawning player."""
         setting = respawning[:, self.respawn_slot_player] & self.respawn_known[stage]
-        last = last_floats.index_select(1, self.respawn_cols).float()
+        last = last_floats.index_select(1, self.delta_cols).float()
         return torch.where(setting, self.respawn_values[stage] - last, delta.float())
 
     def flip_table_binary_logits(
@@ -620,10 +620,10 @@ class FrameStackMLP(nn.Module):
         # Predictions only: rollout training through a respawn shows the motion prior the teleport
         # as a displacement, and exp-7j trained that way rolled out 0.4-0.7 units further
         # (BENCHMARKS.md); the blast zones' deaths likewise.
-        respawns = self.respawn_sequence and not self.training
-        if respawns:
+        predicting = not self.training
+        if self.respawn_sequence and predicting:
             respawning = self.follow_death_timers(outputs, int_ctx[:, -1])
-        if self.blast_zones and not self.training:
+        if self.blast_zones and predicting:
             self.blast_zone_deaths(outputs, float_ctx[:, -1], int_ctx[:, -1], stage)
         if self.binary_flip_tables:
             outputs["binary_logits_raw"] = outputs["binary_logits"]
@@ -632,7 +632,7 @@ class FrameStackMLP(nn.Module):
             )
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
-        if respawns:
+        if self.respawn_sequence and predicting:
             outputs["continuous_delta"] = self.respawned_deltas(
                 outputs["continuous_delta"], respawning, float_ctx[:, -1], stage
             )
