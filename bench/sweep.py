@@ -1,6 +1,6 @@
 """Train experiment variants and score each one step ahead and in 60-frame rollouts, in one call.
 
-    python bench/sweep.py [--out FILE] [--budget-s S] ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
+    python bench/sweep.py [--out FILE] [--budget-s S] [--ablate NAME] ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
 
 (the options go first: everything after ROOT belongs to the jobs). One job per GPU on a machine
 with several: ``CUDA_VISIBLE_DEVICES=i python bench/sweep.py --out gi.json ... &`` for each i.
@@ -13,6 +13,9 @@ no plots, so it runs where matplotlib is missing) and prints one JSON line: the 
 validation metrics beside persistence, the per-field metrics that do not beat persistence, and
 the rollout position error at steps 1-60 for the model, persistence and constant velocity.
 ``--budget-s`` skips the jobs that would start after it; ``--out`` also writes the list as JSON.
+``--ablate NAME`` rolls the same checkpoint out again with the model's predictions-only rule
+NAME (``respawn_sequence``, ``blast_zones``, ``air_physics``) switched off, so a rule's effect is
+measured without a second training's noise.
 """
 
 from __future__ import annotations
@@ -26,29 +29,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meleewm_core.config import load_experiment, parse_assignments  # noqa: E402
-from meleewm_core.eval import load_run, model_predictor, open_val_data, rollout  # noqa: E402
+from meleewm_core.eval import EvaluableRun, RolloutReport, load_run, model_predictor, open_val_data, rollout  # noqa: E402
 from meleewm_core.store import DataRoot  # noqa: E402
 from meleewm_core.train import train_run  # noqa: E402
 
 HEADLINE = ("action_acc", "action_change_acc", "position_mae", "damage_mae")
 
 
-def run_job(root_path: str, config: str, sets: list[str]) -> dict:
+def rollout_position(run: EvaluableRun, root: DataRoot, context_len: int) -> tuple[RolloutReport, dict]:
+    """The run's 60-step rollout from 128 starts, and its position error per reported step."""
+    report = rollout(
+        model_predictor(run.model),
+        open_val_data(run, root),
+        run.layout,
+        context_len,
+        steps=60,
+        starts=128,
+        device=run.device,
+    ).report
+    return report, {
+        step: {who: round(v, 2) for who, v in by.items()} for step, by in report.at_steps["position"].items()
+    }
+
+
+def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> dict:
     experiment = load_experiment(config, {"train.wandb": False, **parse_assignments(sets)})
     root = DataRoot.from_env(root_path)
     started = time.perf_counter()
     result = train_run(experiment, root, progress=False)
     train_s = time.perf_counter() - started
     run = load_run(result.run_dir, "auto")
-    report = rollout(
-        model_predictor(run.model),
-        open_val_data(run, root),
-        run.layout,
-        experiment.model.context_len,
-        steps=60,
-        starts=128,
-        device=run.device,
-    ).report
+    context_len = experiment.model.context_len
+    report, position = rollout_position(run, root, context_len)
+    ablated = {}
+    for name in ablate:
+        if getattr(run.model, name, False):
+            setattr(run.model, name, False)
+            ablated[name] = rollout_position(run, root, context_len)[1]
+            setattr(run.model, name, True)
     last = result.manifest["all_epochs"][-1]
     return {
         "root": root_path,
@@ -63,10 +81,8 @@ def run_job(root_path: str, config: str, sets: list[str]) -> dict:
             for k in HEADLINE
         },
         "not_beating_persistence": [k for k, beats in last["beats_persistence"].items() if not beats],
-        "rollout_position": {
-            step: {who: round(v, 2) for who, v in by.items()}
-            for step, by in report.at_steps["position"].items()
-        },
+        "rollout_position": position,
+        "rollout_position_without": ablated,
         "rollout_scored_at_60": report.counts[-1],
         "sanity": report.sanity,
     }
@@ -81,6 +97,13 @@ def main() -> None:
     )
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--out")
+    parser.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also roll out with this predictions-only rule off (repeatable)",
+    )
     args = parser.parse_args()
     jobs, current = [], []
     for word in args.jobs:
@@ -98,7 +121,7 @@ def main() -> None:
         if time.perf_counter() > deadline:
             results.append({"root": root_path, "config": config, "overrides": sets, "skipped": "budget"})
             continue
-        results.append(run_job(root_path, config, sets))
+        results.append(run_job(root_path, config, sets, args.ablate))
         print(json.dumps(results[-1]), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -202,6 +202,18 @@ class ModelConfig(StrictModel):
     # with the weights; applied to predictions, not in training (as respawn_sequence). Needs
     # full_state heads (the stocks head).
     blast_zones: bool = False
+    # Melee moves an airborne player's vertical speed by the character's gravity down to its fall
+    # speed, holds a fast fall, and sets a take-off speed on a jump's first frame; the y head,
+    # fed its own output, loses track of both after a second (docs/quality-notes.md). With this
+    # option a player predicted airborne (outside hitlag) in a jump, fall or aerial attack whose
+    # vertical speed is pinned by a rule (a jump's first frame, the fall or fast-fall speed
+    # reached, a fast fall tapped) gets that speed, its knockback decayed by Melee's 0.051 a frame,
+    # and y moved by both, stopped on the surface beneath (landing there). Other airborne frames
+    # are the heads': carried through a whole arc the rule ended rollouts further off, the
+    # predicted action being wrong too often. Gravity, speeds and take-offs are measured per
+    # character on the training games and saved with the weights; applied to predictions, not
+    # in training (as respawn_sequence). Needs full_state heads and stage_surfaces (the floor).
+    air_physics: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

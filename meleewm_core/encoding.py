@@ -86,6 +86,15 @@ REBIRTH_ACTION = 12
 # DEAD_UP variants (star KOs, falls toward the camera).
 BLAST_SIDES = ("left", "right", "bottom", "top")
 DEATH_SIDE = (2, 0, 1, *([3] * 8))
+# Airborne actions whose vertical speed Melee changes by the character's gravity alone, down to
+# its fall speed (or held at its fast-fall speed): JUMP_F/B and JUMP_AERIAL_F/B (25-28, which set
+# a take-off speed on their first frame), FALL and its variants (29-34) and the five aerial
+# attacks (65-69).
+JUMP_ACTIONS = range(25, 29)
+FALL_ACTIONS = range(29, 35)
+FREE_FALL_ACTIONS = (*JUMP_ACTIONS, *FALL_ACTIONS, *range(65, 70))
+# Melee's per-frame decay of a knockback velocity's magnitude, along its direction.
+KNOCKBACK_DECAY = 0.051
 STICK_FIELDS = ("main_x", "main_y", "c_x", "c_y")
 BUTTON_FIELDS = ("A", "B", "X", "Y", "Z", "L", "R", "D_UP")
 CONTROLLER_FIELDS = (*STICK_FIELDS, "shoulder", *BUTTON_FIELDS)

@@ -41,6 +41,8 @@ from meleewm_core.encoding import (
     DEATH_ACTIONS,
     DEATH_OR_RESPAWN_ACTIONS,
     DEATH_SIDE,
+    FALL_ACTIONS,
+    JUMP_ACTIONS,
     NUM_PLAYERS,
     REBIRTH_ACTION,
     EncodingSpec,
@@ -717,6 +719,89 @@ def blast_zones(data: FrameData) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     )
 
 
+def modal(values: np.ndarray) -> tuple[float, int]:
+    """The most common value of ``values`` (rounded to 1e-4) and how many hold it."""
+    found, count = np.unique(np.round(values, 4), return_counts=True)
+    return float(found[count.argmax()]), int(count.max())
+
+
+def air_physics(
+    data: FrameData, min_frames: int = 50, min_take_offs: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each character's vertical motion in the air, as the training games play it.
+
+    ``falls`` (characters, 3): gravity, fall speed and fast-fall speed in game units per frame,
+    from the player-frames that stay airborne in ``FALL_ACTIONS`` outside hitlag: gravity is the
+    most common change of the vertical speed, the two speeds the most common speeds held there
+    (the faster is the fast fall; one speed where the character has no fast fall in the games).
+    Known (``fall_known``) where at least ``min_frames`` such frames show both. ``take_offs``
+    (characters, jump actions, 2): the vertical speed on the first frame of each of
+    ``JUMP_ACTIONS`` with no jump button (X, Y) held and with one held (a short hop lets go of it
+    during the jump squat), known (``take_off_known``) where at least ``min_take_offs`` take-offs
+    agree on more than half. Games that predate the velocities (every vertical speed 0) are
+    skipped."""
+    spec = data.spec
+    characters, jumps = spec.vocab("character"), len(JUMP_ACTIONS)
+    changes: dict[int, list[np.ndarray]] = {}
+    held_speeds: dict[int, list[np.ndarray]] = {}
+    take_off_speeds: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    for _, floats, ints in data.game_rows("train"):
+        for p in range(NUM_PLAYERS):
+
+            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
+                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
+
+            speed = column("self_y") / spec.scale("self_y")
+            if not speed.any():
+                continue
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
+            airborne, calm = column("on_ground") < 0.5, column("hitlag") <= 0
+            held = (column("X") > 0.5) | (column("Y") > 0.5)
+            falling = np.isin(action, FALL_ACTIONS) & airborne & calm
+            pair = falling[:-1] & falling[1:]
+            change = np.round(speed[1:] - speed[:-1], 4)
+            for c in np.unique(character[:-1][pair]):
+                mine = pair & (character[:-1] == c)
+                changes.setdefault(int(c), []).append(change[mine])
+                held_speeds.setdefault(int(c), []).append(np.round(speed[1:][mine & (change == 0)], 4))
+            starts = (
+                np.flatnonzero(
+                    (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS) & airborne[1:] & calm[1:]
+                )
+                + 1
+            )
+            for row in starts:
+                key = (int(character[row]), int(action[row] - JUMP_ACTIONS.start), int(held[row]))
+                take_off_speeds.setdefault(key, []).append(speed[row : row + 1])
+
+    falls = np.zeros((characters, 3), dtype=np.float32)
+    fall_known = np.zeros(characters, dtype=bool)
+    for c, parts in changes.items():
+        change, speeds = np.concatenate(parts), np.concatenate(held_speeds[c])
+        moving, steady = change[change != 0], speeds[speeds < 0]
+        if len(change) < min_frames or len(moving) == 0 or len(steady) == 0:
+            continue
+        gravity = -modal(moving)[0]
+        found, count = np.unique(steady, return_counts=True)
+        top = np.sort(found[np.argsort(-count)[:2]])  # most negative first: the fast fall
+        falls[c] = (gravity, -top[-1], -top[0])
+        fall_known[c] = gravity > 0
+    take_offs = np.zeros((characters, jumps, 2), dtype=np.float32)
+    take_off_known = np.zeros((characters, jumps, 2), dtype=bool)
+    for (c, jump, held), parts in take_off_speeds.items():
+        speeds = np.concatenate(parts)
+        value, count = modal(speeds)
+        take_offs[c, jump, held] = value
+        take_off_known[c, jump, held] = len(speeds) >= min_take_offs and count > len(speeds) / 2
+    return (
+        torch.from_numpy(falls),
+        torch.from_numpy(fall_known),
+        torch.from_numpy(take_offs),
+        torch.from_numpy(take_off_known),
+    )
+
+
 def stage_surfaces(
     data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -907,6 +992,8 @@ def train_run(
             model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
         if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):
             model.calibrate_blast_zones(*(table.to(device) for table in blast_zones(data)))
+        if experiment.model.air_physics and hasattr(model, "calibrate_air_physics"):
+            model.calibrate_air_physics(*(table.to(device) for table in air_physics(data)))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,12 @@ from meleewm_core.config import EncodingConfig, ModelConfig
 from meleewm_core.encoding import (
     BINARY_FIELDS,
     BLAST_SIDES,
+    CONTROLLER_FIELDS,
     DEATH_ACTIONS,
     DEATH_OR_RESPAWN_ACTIONS,
+    FREE_FALL_ACTIONS,
+    JUMP_ACTIONS,
+    KNOCKBACK_DECAY,
     NUM_PLAYERS,
     REBIRTH_ACTION,
     STICK_FIELDS,
@@ -49,6 +53,11 @@ TRANSITION_HEADS = ("action", "jumps")
 STICK_FEATURES = 12
 # ``binary_flip_tables``: predicted state_ages at or past this share one row of the table.
 TRANSITION_AGE_CAP = 64
+# ``air_physics``: a vertical speed within RULE_TOLERANCE game units/frame of a character's fall or
+# fast-fall speed is at it; the main stick pushed from above to below -FAST_FALL_STICK starts a
+# fast fall.
+RULE_TOLERANCE = 1e-3
+FAST_FALL_STICK = 0.66
 # The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
 # that a sigmoid or softmax reads it as certain, finite so the reported losses stay finite.
 DECIDED_LOGIT = 10.0
@@ -249,6 +258,31 @@ class FrameStackMLP(nn.Module):
                 {name: slots.index(spec.float_col(p, name)) for name in ("x", "y", "stocks")}
                 for p in range(NUM_PLAYERS)
             ]
+        self.air_physics = model.air_physics
+        if model.air_physics:
+            if model.heads != "full_state" or not model.stage_surfaces:
+                raise ValueError(
+                    "model.air_physics needs heads: full_state (the vertical speed and knockback heads) "
+                    "and model.stage_surfaces (the floor)"
+                )
+            characters, jumps = spec.vocab("character"), len(JUMP_ACTIONS)
+            # Empty (no character known: the heads decide) until ``calibrate_air_physics``; saved
+            # with the weights.
+            self.register_buffer("falls", torch.zeros(characters, 3))
+            self.register_buffer("fall_known", torch.zeros(characters, dtype=torch.bool))
+            self.register_buffer("take_offs", torch.zeros(characters, jumps, 2))
+            self.register_buffer("take_off_known", torch.zeros(characters, jumps, 2, dtype=torch.bool))
+            free_fall = torch.zeros(spec.vocab("action"), dtype=torch.bool)
+            free_fall[[a for a in FREE_FALL_ACTIONS if a < len(free_fall)]] = True
+            self.register_buffer("free_fall", free_fall, persistent=False)
+            slots = self.layout.continuous_cols
+            self.air_slots = [
+                {
+                    name: slots.index(spec.float_col(p, name))
+                    for name in ("y", "self_y", "knockback_x", "knockback_y", "hitlag")
+                }
+                for p in range(NUM_PLAYERS)
+            ]
         # The ages of an action decided outright (a timer, a death) restart at 0.
         self.age_heads = [
             key for key, _, name, _ in self.layout.logit_heads if name in ("state_age", "action_age")
@@ -367,6 +401,21 @@ class FrameStackMLP(nn.Module):
         self.blast_action.copy_(side_action)
         self.blast_stock.copy_(side_stock)
 
+    @torch.no_grad()
+    def calibrate_air_physics(
+        self,
+        falls: torch.Tensor,
+        fall_known: torch.Tensor,
+        take_offs: torch.Tensor,
+        take_off_known: torch.Tensor,
+    ) -> None:
+        """Set each character's gravity, fall speeds and take-off speeds (``air_physics``), as
+        measured by ``train.air_physics``."""
+        self.falls.copy_(falls)
+        self.fall_known.copy_(fall_known)
+        self.take_offs.copy_(take_offs)
+        self.take_off_known.copy_(take_off_known)
+
     def decide_action(
         self, outputs: dict[str, torch.Tensor], player: int, where: torch.Tensor, action: torch.Tensor
     ) -> None:
@@ -420,6 +469,86 @@ class FrameStackMLP(nn.Module):
             loses = dies & self.blast_stock[side]
             delta[:, slot["stocks"]] = torch.where(loses, -spec.scale("stocks"), delta[:, slot["stocks"]])
         outputs["continuous_delta"] = delta
+
+    def follow_air_physics(
+        self,
+        outputs: dict[str, torch.Tensor],
+        last_floats: torch.Tensor,
+        last_ints: torch.Tensor,
+        next_ctrl: torch.Tensor,
+        stage: torch.Tensor,
+    ) -> None:
+        """Each player predicted airborne outside hitlag in a jump, fall or aerial attack whose
+        vertical speed a rule pins (a known take-off on a jump's first frame, the fall or fast-fall
+        speed reached) gets the rule's next speed, its knockback decayed by ``KNOCKBACK_DECAY``,
+        and y moved by both, stopped on the known surface beneath (landing there)."""
+        spec, controls = self.spec, len(CONTROLLER_FIELDS)
+        speed_scale, knockback_scale, y_scale = (spec.scale(n) for n in ("self_y", "knockback_x", "y"))
+        delta = outputs["continuous_delta"].float()
+        last = last_floats.float()
+        heights = self.surface_heights(last, stage)
+        grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
+        landings = []
+        for p, slot in enumerate(self.air_slots):
+
+            def now(name: str, p: int = p) -> torch.Tensor:
+                return last[:, spec.float_col(p, name)]
+
+            character = last_ints[:, spec.int_col(p, "character")]
+            action = outputs[f"p{p}_action_logits"].argmax(1)
+            ctrl = next_ctrl[:, p * controls : (p + 1) * controls].float()
+            held = (ctrl[:, CONTROLLER_FIELDS.index("X")] > 0.5) | (
+                ctrl[:, CONTROLLER_FIELDS.index("Y")] > 0.5
+            )
+            jump = (action - JUMP_ACTIONS.start).clamp(0, len(JUMP_ACTIONS) - 1)
+            taking_off = (
+                (action != last_ints[:, spec.int_col(p, "action")])
+                & (action >= JUMP_ACTIONS.start)
+                & (action < JUMP_ACTIONS.stop)
+                & self.take_off_known[character, jump, held.long()]
+            )
+            gravity, fall, fast = self.falls[character].unbind(1)
+            speed = now("self_y") / speed_scale
+            fast_falling = (speed + fast).abs() < RULE_TOLERANCE
+            at_fall_speed = (speed + fall).abs() < RULE_TOLERANCE
+            stick, last_stick = 2 * ctrl[:, CONTROLLER_FIELDS.index("main_y")] - 1, 2 * now("main_y") - 1
+            tapped = (stick < -FAST_FALL_STICK) & (last_stick >= -FAST_FALL_STICK) & (speed < 0)
+            next_speed = torch.where(fast_falling | tapped, -fast, torch.maximum(speed - gravity, -fall))
+            next_speed = torch.where(taking_off, self.take_offs[character, jump, held.long()], next_speed)
+            airborne = ~grounded[:, p] & ((now("on_ground") < 0.5) | taking_off)
+            calm = (now("hitlag") <= 0) & (now("hitlag") + delta[:, slot["hitlag"]] <= 0)
+            applies = (
+                self.free_fall[action]
+                & self.fall_known[character]
+                & airborne
+                & calm
+                & (fast_falling | at_fall_speed | taking_off)
+            )
+            knockback_x, knockback_y = (
+                now("knockback_x") / knockback_scale,
+                now("knockback_y") / knockback_scale,
+            )
+            magnitude = torch.hypot(knockback_x, knockback_y).clamp_min(1e-6)
+            keep = (1 - KNOCKBACK_DECAY / magnitude).clamp_min(0)
+            y = now("y") + (next_speed + knockback_y * keep) * y_scale
+            above, none = heights[:, 2 * p], heights[:, 2 * p + 1] > 0.5
+            floor = now("y") - above * HEIGHT_UNIT * y_scale
+            lands = applies & ~none & (above < HEIGHT_CAP) & (y < floor)
+            values = {
+                "y": torch.where(lands, floor, y),
+                "self_y": torch.where(lands, 0.0, next_speed) * speed_scale,
+                "knockback_x": knockback_x * keep * knockback_scale,
+                "knockback_y": knockback_y * keep * knockback_scale,
+            }
+            for name, value in values.items():
+                delta[:, slot[name]] = torch.where(applies, value - now(name), delta[:, slot[name]])
+            landings.append(lands)
+        outputs["continuous_delta"] = delta
+        on_ground = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits)
+        landed = torch.where(torch.stack(landings, 1), DECIDED_LOGIT, on_ground.float()).to(on_ground.dtype)
+        outputs["binary_logits"] = outputs["binary_logits"].index_copy(
+            1, self.surface_on_ground_logits, landed
+        )
 
     def respawned_deltas(
         self, delta: torch.Tensor, respawning: torch.Tensor, last_floats: torch.Tensor, stage: torch.Tensor
@@ -636,6 +765,8 @@ class FrameStackMLP(nn.Module):
             outputs["continuous_delta"] = self.respawned_deltas(
                 outputs["continuous_delta"], respawning, float_ctx[:, -1], stage
             )
+        if self.air_physics and predicting:
+            self.follow_air_physics(outputs, float_ctx[:, -1], int_ctx[:, -1], next_ctrl, stage)
         return outputs
 
 

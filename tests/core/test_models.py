@@ -390,6 +390,99 @@ def test_blast_zones_kill_a_living_player_predicted_past_a_known_side_and_take_t
         build_model(encoding, ModelConfig(blast_zones=True))
 
 
+def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_on_the_floor():
+    from meleewm_core.encoding import KNOCKBACK_DECAY
+
+    encoding, spec, model = table_model(air_physics=True, stage_surfaces=True, delta_gate=True)
+    character, stage, ground, fall_action, jump_f, knee_bend = 2, 3, 2, 29, 25, 24
+    line, extent = torch.zeros_like(model.surface_line), torch.zeros_like(model.surface_extent)
+    known = torch.zeros_like(model.surface_known)
+    extent[stage, ground], known[stage, ground] = torch.tensor([-5.0, 5.0]), True  # the floor: y = 0
+    model.calibrate_surfaces(line, extent, known)
+    falls, fall_known = torch.zeros_like(model.falls), torch.zeros_like(model.fall_known)
+    falls[character], fall_known[character] = torch.tensor([0.1, 2.0, 3.0]), True
+    take_offs, take_off_known = torch.zeros_like(model.take_offs), torch.zeros_like(model.take_off_known)
+    take_offs[character, 0, 1], take_off_known[character, 0, 1] = 3.1, True  # JUMP_F, X or Y held
+    model.calibrate_air_physics(falls, fall_known, take_offs, take_off_known)
+    plain = build_model(
+        encoding, ModelConfig(heads="full_state", stage_surfaces=True, delta_gate=True)
+    ).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+
+    def predict(net, predicted_action, last_action, speed, y, on_ground, knockback=(0.0, 0.0), held=False):
+        """Player 0's next (self_y, y) in game units, knockback and on_ground logit, with the heads
+        set to predict ``predicted_action``, airborne, and no change of any continuous field."""
+        rows = len(speed)
+        float_ctx = torch.zeros(rows, 10, spec.float_per_frame)
+        ints = torch.zeros(rows, 10, spec.int_per_frame, dtype=torch.long)
+        ints[:, :, spec.stage_col] = stage
+        ints[:, :, spec.int_col(0, "character")] = character
+        ints[:, :, spec.int_col(0, "ground")] = ground
+        ints[:, -1, spec.int_col(0, "action")] = last_action
+        last = float_ctx[:, -1]
+        last[:, spec.float_col(0, "self_y")] = torch.tensor(speed) * spec.scale("self_y")
+        last[:, spec.float_col(0, "y")] = torch.tensor(y) * spec.scale("y")
+        last[:, spec.float_col(0, "on_ground")] = torch.tensor(on_ground)
+        last[:, spec.float_col(0, "knockback_x")] = knockback[0] * spec.scale("knockback_x")
+        last[:, spec.float_col(0, "knockback_y")] = knockback[1] * spec.scale("knockback_y")
+        last[:, spec.float_col(0, "main_y")] = 0.5
+        ctrl = torch.zeros(rows, spec.ctrl_conditioning_dim)
+        ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_y"))] = 0.5
+        ctrl[:, spec.controller_cols.index(spec.float_col(0, "X"))] = float(held)
+        with torch.no_grad():
+            net.heads.weight.zero_()
+            net.heads.bias.zero_()
+            net.heads.bias[net._head_slice("p0_action_logits").start + predicted_action] = 40.0
+            on_ground_logit = net.layout.binary_cols.index(spec.float_col(0, "on_ground"))
+            net.heads.bias[net._head_slice("binary_logits").start + on_ground_logit] = -40.0
+            outputs = net(float_ctx, ints, ctrl)
+        slot = {
+            n: net.layout.continuous_cols.index(spec.float_col(0, n)) for n in ("self_y", "y", "knockback_y")
+        }
+        delta = outputs["continuous_delta"]
+        return (
+            (last[:, spec.float_col(0, "self_y")] + delta[:, slot["self_y"]]) / spec.scale("self_y"),
+            (last[:, spec.float_col(0, "y")] + delta[:, slot["y"]]) / spec.scale("y"),
+            (last[:, spec.float_col(0, "knockback_y")] + delta[:, slot["knockback_y"]])
+            / spec.scale("knockback_y"),
+            outputs["binary_logits"][:, on_ground_logit],
+        )
+
+    # At the fall speed, fast falling with a decaying knockback, mid-arc (no rule pins it: the
+    # heads' "no change"), at the fall speed one unit above the floor (lands on it).
+    speed, y, knockback_y, on_ground = predict(
+        model,
+        fall_action,
+        fall_action,
+        [-2.0, -3.0, -1.0, -2.0],
+        [50.0, 50.0, 50.0, 1.0],
+        [0.0] * 4,
+        (0.0, 1.0),
+    )
+    keep = 1 - KNOCKBACK_DECAY
+    torch.testing.assert_close(speed, torch.tensor([-2.0, -3.0, -1.0, 0.0]))
+    torch.testing.assert_close(y, torch.tensor([48.0 + keep, 47.0 + keep, 50.0, 0.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(knockback_y, torch.tensor([keep, keep, 1.0, keep]), atol=1e-5, rtol=0)
+    assert (on_ground[:3] < 0).all() and on_ground[3] > 0
+    # A jump's first frame off the ground: the measured take-off speed with a jump button held; the
+    # heads' guess where the take-off is unknown (released) or the jump already under way.
+    for held, started, expected in ((True, True, 3.1), (False, True, 0.0), (True, False, 0.0)):
+        speed, y, _, _ = predict(
+            model, jump_f, knee_bend if started else jump_f, [0.0], [0.0], [float(started)], held=held
+        )
+        torch.testing.assert_close(speed, torch.tensor([expected]))
+        torch.testing.assert_close(y, torch.tensor([expected]), atol=1e-4, rtol=0)
+    # The heads' own predictions in training, and without the option.
+    speed, y, _, _ = predict(plain, fall_action, fall_action, [-2.0], [50.0], [0.0])
+    assert speed.item() == -2.0 and y.item() == 50.0
+    model.train()
+    speed, y, _, _ = predict(model, fall_action, fall_action, [-2.0], [50.0], [0.0])
+    assert speed.item() == -2.0 and y.item() == 50.0
+
+    with pytest.raises(ValueError, match="stage_surfaces"):
+        build_model(encoding, ModelConfig(heads="full_state", air_physics=True))
+
+
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
