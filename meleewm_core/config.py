@@ -180,6 +180,15 @@ class ModelConfig(StrictModel):
     # them right). Holding the ground id keeps a landing player's placement on the last surface
     # touched.
     held_categoricals: tuple[str, ...] = ()
+    # The hurtbox state is 0 (vulnerable) exactly where the invulnerable binary is 0, and keeps its
+    # value while the player stays invulnerable (99.6% of its changes on "two" are flips of the
+    # binary), but the hurtbox head is not tied to the binary, which the flip tables predict better
+    # than persistence: on the issue 5 split the head tied persistence. With this option the
+    # predicted hurtbox follows the predicted invulnerable binary: 0 when vulnerable, the last
+    # state while it stays invulnerable, and on becoming invulnerable the state the training games
+    # most often start with in the predicted action (``train.invulnerable_hurtbox``; saved with the
+    # weights). The head's own logits still train. Needs full_state heads (the hurtbox head).
+    hurtbox_from_invulnerable: bool = False
     # Melee's death and respawn run on timers and end in fixed values: a player in a DEAD_* action
     # for 60 frames respawns (REBIRTH) with 0 percent, a full shield, no velocity and at the
     # stage's respawn point. Each happens a few dozen times in the training games, and exp-7i

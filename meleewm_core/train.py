@@ -608,6 +608,26 @@ def binary_flip_tables(
     return torch.from_numpy(on_change), torch.from_numpy(on_stay)
 
 
+def invulnerable_hurtbox(data: FrameData) -> torch.Tensor:
+    """(actions,) the hurtbox state (1 invulnerable, 2 intangible) the training games' players most
+    often have on the first frame of an invulnerability that starts in each action; elsewhere the
+    most common starting state of all."""
+    spec = data.spec
+    starts = []
+    for _, _, ints in data.game_rows("train"):
+        for p in range(NUM_PLAYERS):
+            hurtbox = np.asarray(ints[:, spec.int_col(p, "hurtbox")], dtype=np.int64)
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            rows = np.flatnonzero((hurtbox[:-1] == 0) & (hurtbox[1:] != 0)) + 1
+            starts.append(np.stack([action[rows], hurtbox[rows]], axis=1))
+    pairs = np.concatenate(starts) if starts else np.zeros((0, 2), dtype=np.int64)
+    states = spec.vocab("hurtbox")
+    overall = np.bincount(pairs[:, 1], minlength=states).argmax() if len(pairs) else states - 1
+    counts = np.zeros((spec.vocab("action"), states), dtype=np.int64)
+    np.add.at(counts, (pairs[:, 0], pairs[:, 1]), 1)
+    return torch.from_numpy(np.where(counts.any(1), counts.argmax(1), overall))
+
+
 def respawn_tables(
     data: FrameData, layout: HeadLayout, min_frames: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -988,6 +1008,8 @@ def train_run(
         if experiment.model.binary_flip_tables and hasattr(model, "calibrate_flip_tables"):
             tables = binary_flip_tables(data, model.flips_on_stay.shape[2])
             model.calibrate_flip_tables(*(table.to(device) for table in tables))
+        if experiment.model.hurtbox_from_invulnerable and hasattr(model, "calibrate_invulnerable_hurtbox"):
+            model.calibrate_invulnerable_hurtbox(invulnerable_hurtbox(data).to(device))
         if experiment.model.respawn_sequence and hasattr(model, "calibrate_respawn"):
             model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
         if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):

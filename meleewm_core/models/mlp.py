@@ -229,6 +229,16 @@ class FrameStackMLP(nn.Module):
             if name in model.held_categoricals
         ]
 
+        self.hurtbox_from_invulnerable = model.hurtbox_from_invulnerable
+        if model.hurtbox_from_invulnerable:
+            if "hurtbox" not in self.layout.categoricals:
+                raise ValueError("model.hurtbox_from_invulnerable needs heads: full_state (the hurtbox head)")
+            # Intangible (2) on every action until ``calibrate_invulnerable_hurtbox``; saved with the weights.
+            self.register_buffer("invulnerable_hurtbox", torch.full((spec.vocab("action"),), 2))
+            self.invulnerable_logits = [
+                self.layout.binary_cols.index(spec.float_col(p, "invulnerable")) for p in range(NUM_PLAYERS)
+            ]
+
         self.respawn_sequence = model.respawn_sequence
         if model.respawn_sequence:
             if not encoding.action_age_as_embed:
@@ -415,6 +425,24 @@ class FrameStackMLP(nn.Module):
         self.fall_known.copy_(fall_known)
         self.take_offs.copy_(take_offs)
         self.take_off_known.copy_(take_off_known)
+
+    @torch.no_grad()
+    def calibrate_invulnerable_hurtbox(self, states: torch.Tensor) -> None:
+        """Set the hurtbox state each action starts an invulnerability with
+        (``hurtbox_from_invulnerable``), as measured by ``train.invulnerable_hurtbox``."""
+        self.invulnerable_hurtbox.copy_(states)
+
+    def hurtbox_logits(
+        self, outputs: dict[str, torch.Tensor], last_ints: torch.Tensor, player: int
+    ) -> torch.Tensor:
+        """The player's hurtbox decided by the predicted invulnerable binary: 0 when vulnerable,
+        the last state while invulnerable, the predicted action's starting state on becoming so."""
+        key = f"p{player}_hurtbox_logits"
+        invulnerable = outputs["binary_logits"][:, self.invulnerable_logits[player]] > 0
+        last = last_ints[:, self.spec.int_col(player, "hurtbox")]
+        starting = self.invulnerable_hurtbox[outputs[f"p{player}_action_logits"].argmax(1)]
+        state = torch.where(invulnerable, torch.where(last != 0, last, starting), 0)
+        return decided_logits(state, outputs[key])
 
     def decide_action(
         self, outputs: dict[str, torch.Tensor], player: int, where: torch.Tensor, action: torch.Tensor
@@ -759,6 +787,11 @@ class FrameStackMLP(nn.Module):
             outputs["binary_logits"] = self.flip_table_binary_logits(
                 outputs, float_ctx[:, -1], int_ctx[:, -1]
             )
+        if self.hurtbox_from_invulnerable:
+            for p in range(NUM_PLAYERS):
+                key = f"p{p}_hurtbox_logits"
+                outputs.setdefault(f"{key}_raw", outputs[key])
+                outputs[key] = self.hurtbox_logits(outputs, int_ctx[:, -1], p)
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
         if self.respawn_sequence and predicting:

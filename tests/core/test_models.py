@@ -483,6 +483,44 @@ def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_
         build_model(encoding, ModelConfig(heads="full_state", air_physics=True))
 
 
+def test_hurtbox_from_invulnerable_follows_the_predicted_binary_and_starts_in_the_actions_state():
+    encoding, spec, model = table_model(hurtbox_from_invulnerable=True)
+    roll, intangible, invulnerable = 233, 2, 1
+    states = torch.full_like(model.invulnerable_hurtbox, intangible)
+    states[roll] = invulnerable
+    model.calibrate_invulnerable_hurtbox(states)
+    binary = model.layout.binary_cols.index(spec.float_col(0, "invulnerable"))
+    # Last hurtbox, whether the binary's head says invulnerable, the predicted action.
+    rows = [
+        (0, True, roll),
+        (0, True, 14),
+        (intangible, True, roll),
+        (invulnerable, False, roll),
+        (0, False, 14),
+    ]
+    float_ctx = torch.zeros(len(rows), 10, spec.float_per_frame)
+    ints = torch.zeros(len(rows), 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, -1, spec.int_col(0, "hurtbox")] = torch.tensor([last for last, _, _ in rows])
+    with torch.no_grad():
+        model.heads.weight.zero_()
+        model.heads.bias.zero_()
+        model.heads.bias[model._head_slice("p0_hurtbox_logits").start + intangible] = 40.0
+        model.heads.bias[model._head_slice("binary_logits").start + binary] = -40.0
+        outputs = model(float_ctx, ints, torch.zeros(len(rows), spec.ctrl_conditioning_dim))
+    # In the forward pass the head wants intangible, the binary says vulnerable: vulnerable it is.
+    assert (outputs["p0_hurtbox_logits_raw"].argmax(1) == intangible).all()
+    assert (outputs["p0_hurtbox_logits"].argmax(1) == 0).all()
+    outputs["binary_logits"][:, binary] = torch.tensor([10.0 if sure else -10.0 for _, sure, _ in rows])
+    outputs["p0_action_logits"] = torch.nn.functional.one_hot(
+        torch.tensor([action for _, _, action in rows]), spec.vocab("action")
+    ).float()
+    decided = model.hurtbox_logits(outputs, ints[:, -1], 0).argmax(1)
+    assert decided.tolist() == [invulnerable, intangible, intangible, 0, 0]
+
+    with pytest.raises(ValueError, match="hurtbox head"):
+        build_model(encoding, ModelConfig(hurtbox_from_invulnerable=True))
+
+
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)

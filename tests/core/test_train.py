@@ -573,6 +573,43 @@ def test_air_physics_tables_hold_melees_falls_and_give_the_real_vertical_speed_w
     assert stopped and stop_error / stopped < SNAP_DISTANCE, (stopped, stop_error / stopped)
 
 
+def test_invulnerable_hurtbox_gives_the_real_hurtbox_from_the_real_binary_and_action(root):
+    from meleewm_core.models.mlp import decided_logits
+    from meleewm_core.train import invulnerable_hurtbox
+
+    exp, spec, data = experiment_file_data("exp-7m-hurtbox.yaml", root)
+    states = invulnerable_hurtbox(data)
+    assert set(states.unique().tolist()) <= {1, 2}
+    model = build_model(exp.encoding, exp.model).eval()
+    model.calibrate_invulnerable_hurtbox(states)
+    binary = [model.layout.binary_cols.index(spec.float_col(p, "invulnerable")) for p in range(2)]
+    changes = right = 0
+    for game in (g for g in data.games if g.split == "val"):
+        floats, ints = (
+            torch.from_numpy(np.asarray(a[game.offset : game.offset + game.num_frames]))
+            for a in data.shards[game.shard]
+        )
+        ints = ints.long()
+        last_ints, next_ints = ints[:-1], ints[1:]
+        outputs = {"binary_logits": torch.zeros(len(last_ints), len(model.layout.binary_cols))}
+        for p in range(2):
+            invulnerable = floats[1:, spec.float_col(p, "invulnerable")] > 0.5
+            outputs["binary_logits"][:, binary[p]] = torch.where(invulnerable, 10.0, -10.0)
+            action = next_ints[:, spec.int_col(p, "action")]
+            outputs[f"p{p}_action_logits"] = decided_logits(
+                action, torch.zeros(len(action), spec.vocab("action"))
+            )
+            outputs[f"p{p}_hurtbox_logits"] = torch.zeros(len(action), spec.vocab("hurtbox"))
+        for p in range(2):
+            decided = model.hurtbox_logits(outputs, last_ints, p).argmax(1)
+            real, last = next_ints[:, spec.int_col(p, "hurtbox")], last_ints[:, spec.int_col(p, "hurtbox")]
+            assert (decided[real == last] == real[real == last]).all()  # no change the binary does not make
+            changes += int((real != last).sum())
+            right += int((decided == real)[real != last].sum())
+    # The changes the binary makes, in the state the action starts with (a validation game unseen).
+    assert changes >= 10 and right >= 0.95 * changes, (changes, right)
+
+
 def test_a_checkpoint_this_version_cannot_rebuild_names_the_file_the_cause_and_the_commit(root, tmp_path):
     from meleewm_core.train import CheckpointError
 
