@@ -189,6 +189,17 @@ class ModelConfig(StrictModel):
     # most often start with in the predicted action (``train.invulnerable_hurtbox``; saved with the
     # weights). The head's own logits still train. Needs full_state heads (the hurtbox head).
     hurtbox_from_invulnerable: bool = False
+    # A hit lands where the attacker's move, its frame and the defender's position relative to the
+    # attacker say so, and no head predicted one a frame ahead (last attack landed tied
+    # persistence, held). With this option, where the training games' attackers in the same
+    # (character, action, action_age) with the defender in the same HIT_DISTANCE_BIN-unit cell
+    # (in front / behind, above / below) hit on the next frame on more than half of at least
+    # three frames, the attacker's last attack landed becomes the move those hits most often
+    # record and the defender's percent rises by their most common damage. Measured on the
+    # training games (``train.hit_tables``; the HIT_TABLE_SIZE most frequent cells) and saved with
+    # the weights; applied to predictions, not in training (as respawn_sequence). Needs
+    # full_state heads and encoding.action_age_as_embed.
+    hit_tables: bool = False
     # Melee's death and respawn run on timers and end in fixed values: a player in a DEAD_* action
     # for 60 frames respawns (REBIRTH) with 0 percent, a full shield, no velocity and at the
     # stage's respawn point. Each happens a few dozen times in the training games, and exp-7i

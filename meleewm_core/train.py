@@ -51,6 +51,7 @@ from meleewm_core.encoding import (
 )
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
+from meleewm_core.models.mlp import HIT_TABLE_SIZE, hit_cell
 
 CHECKPOINT_FORMAT = 1
 # Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
@@ -628,6 +629,44 @@ def invulnerable_hurtbox(data: FrameData) -> torch.Tensor:
     return torch.from_numpy(np.where(counts.any(1), counts.argmax(1), overall))
 
 
+def hit_tables(data: FrameData, min_hits: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the training games' hits land: each ``models.mlp.hit_cell`` after which the defender's
+    percent rises with the attacker's last attack landed set, on the next frame, on more than half
+    of the cell's frames and at least ``min_hits`` times. Returns the cells (sorted, the
+    HIT_TABLE_SIZE with the most hits), the move each cell's hits most often record and their
+    most common damage (in percent)."""
+    spec = data.spec
+    cells, hit, move, damage = [], [], [], []
+    for _, floats, ints in data.game_rows("train"):
+        floats, ints = torch.from_numpy(np.asarray(floats)), torch.from_numpy(np.asarray(ints)).long()
+        for p in range(NUM_PLAYERS):
+            landed = ints[1:, spec.int_col(p, "last_attack_landed")]
+            percent = torch.trunc(
+                floats[:, spec.float_col(1 - p, "percent")].double() / spec.scale("percent") + 1e-6
+            )
+            cells.append(hit_cell(floats[:-1], ints[:-1], spec, p))
+            hit.append((percent[1:] > percent[:-1]) & (landed != 0))
+            move.append(landed)
+            damage.append(percent[1:] - percent[:-1])
+    if not cells:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    cell, hit, move, damage = (torch.cat(part).numpy() for part in (cells, hit, move, damage))
+    found, where, frames = np.unique(cell, return_inverse=True, return_counts=True)
+    hits = np.bincount(where, weights=hit, minlength=len(found))
+    decided = np.flatnonzero((hits >= min_hits) & (hits > frames / 2))
+    decided = np.sort(decided[np.argsort(-hits[decided], kind="stable")[:HIT_TABLE_SIZE]])
+    moves, damages = [], []
+    for index in decided:
+        mine = (where == index) & hit
+        moves.append(np.bincount(move[mine]).argmax())
+        damages.append(modal(damage[mine])[0])
+    return (
+        torch.from_numpy(found[decided]),
+        torch.tensor(moves, dtype=torch.long),
+        torch.tensor(damages, dtype=torch.float32),
+    )
+
+
 def respawn_tables(
     data: FrameData, layout: HeadLayout, min_frames: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1010,6 +1049,8 @@ def train_run(
             model.calibrate_flip_tables(*(table.to(device) for table in tables))
         if experiment.model.hurtbox_from_invulnerable and hasattr(model, "calibrate_invulnerable_hurtbox"):
             model.calibrate_invulnerable_hurtbox(invulnerable_hurtbox(data).to(device))
+        if experiment.model.hit_tables and hasattr(model, "calibrate_hit_tables"):
+            model.calibrate_hit_tables(*(table.to(device) for table in hit_tables(data)))
         if experiment.model.respawn_sequence and hasattr(model, "calibrate_respawn"):
             model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
         if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):

@@ -58,6 +58,11 @@ TRANSITION_AGE_CAP = 64
 # fast fall.
 RULE_TOLERANCE = 1e-3
 FAST_FALL_STICK = 0.66
+# ``hit_tables``: cells of this many game units (defender relative to attacker), this many at
+# most from the attacker on each axis, and at most HIT_TABLE_SIZE cells kept.
+HIT_DISTANCE_BIN = 8.0
+HIT_DISTANCE_CELLS = 20
+HIT_TABLE_SIZE = 4096
 # The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
 # that a sigmoid or softmax reads it as certain, finite so the reported losses stay finite.
 DECIDED_LOGIT = 10.0
@@ -237,6 +242,21 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("invulnerable_hurtbox", torch.full((spec.vocab("action"),), 2))
             self.invulnerable_logits = [
                 self.layout.binary_cols.index(spec.float_col(p, "invulnerable")) for p in range(NUM_PLAYERS)
+            ]
+
+        self.hit_tables = model.hit_tables
+        if model.hit_tables:
+            if "last_attack_landed" not in self.layout.categoricals or not encoding.action_age_as_embed:
+                raise ValueError(
+                    "model.hit_tables needs heads: full_state (the last attack head) and "
+                    "encoding.action_age_as_embed (the move's frame)"
+                )
+            # Empty (no cell: no hit) until ``calibrate_hit_tables``; saved with the weights.
+            self.register_buffer("hit_cells", torch.full((HIT_TABLE_SIZE,), torch.iinfo(torch.int64).max))
+            self.register_buffer("hit_move", torch.zeros(HIT_TABLE_SIZE, dtype=torch.long))
+            self.register_buffer("hit_damage", torch.zeros(HIT_TABLE_SIZE))
+            self.hit_percent_slots = [
+                self.layout.continuous_cols.index(spec.float_col(p, "percent")) for p in range(NUM_PLAYERS)
             ]
 
         self.respawn_sequence = model.respawn_sequence
@@ -443,6 +463,34 @@ class FrameStackMLP(nn.Module):
         starting = self.invulnerable_hurtbox[outputs[f"p{player}_action_logits"].argmax(1)]
         state = torch.where(invulnerable, torch.where(last != 0, last, starting), 0)
         return decided_logits(state, outputs[key])
+
+    @torch.no_grad()
+    def calibrate_hit_tables(self, cells: torch.Tensor, move: torch.Tensor, damage: torch.Tensor) -> None:
+        """Set the cells where hits land (``hit_tables``), as measured by ``train.hit_tables``."""
+        for name, table in (("hit_cells", cells), ("hit_move", move), ("hit_damage", damage)):
+            buffer = getattr(self, name)
+            buffer.fill_(torch.iinfo(torch.int64).max if name == "hit_cells" else 0)
+            buffer[: len(table)] = table
+
+    def land_hits(
+        self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
+    ) -> None:
+        """Where an attacker's cell is a known hit, its last attack landed becomes the cell's move
+        and the defender's percent rises by the cell's damage."""
+        spec = self.spec
+        delta = outputs["continuous_delta"].float()
+        for p in range(NUM_PLAYERS):
+            cell = hit_cell(last_floats.float(), last_ints, spec, p)
+            found = torch.searchsorted(self.hit_cells, cell).clamp(max=HIT_TABLE_SIZE - 1)
+            hits = self.hit_cells[found] == cell
+            key = f"p{p}_last_attack_landed_logits"
+            outputs.setdefault(f"{key}_raw", outputs[key])
+            moved = decided_logits(self.hit_move[found], outputs[key])
+            outputs[key] = torch.where(hits[:, None], moved, outputs[key])
+            slot = self.hit_percent_slots[1 - p]
+            damage = self.hit_damage[found] * spec.scale("percent")
+            delta[:, slot] = torch.where(hits, damage, delta[:, slot])
+        outputs["continuous_delta"] = delta
 
     def decide_action(
         self, outputs: dict[str, torch.Tensor], player: int, where: torch.Tensor, action: torch.Tensor
@@ -782,6 +830,8 @@ class FrameStackMLP(nn.Module):
             respawning = self.follow_death_timers(outputs, int_ctx[:, -1])
         if self.blast_zones and predicting:
             self.blast_zone_deaths(outputs, float_ctx[:, -1], int_ctx[:, -1], stage)
+        if self.hit_tables and predicting:
+            self.land_hits(outputs, float_ctx[:, -1], int_ctx[:, -1])
         if self.binary_flip_tables:
             outputs["binary_logits_raw"] = outputs["binary_logits"]
             outputs["binary_logits"] = self.flip_table_binary_logits(
@@ -816,6 +866,29 @@ def stick_features(last: torch.Tensor, now: torch.Tensor, facing: torch.Tensor) 
         centred = 2 * sticks - 1
         features += [centred.abs(), centred[:, ::2] * forward]
     return torch.cat(features, dim=1)
+
+
+def hit_cell(floats: torch.Tensor, ints: torch.Tensor, spec: EncodingSpec, attacker: int) -> torch.Tensor:
+    """(B,) int64 cell of each frame for ``hit_tables``: the attacker's character, action and
+    action_age, and the defender's position relative to it in HIT_DISTANCE_BIN-unit cells (x toward
+    the way the attacker faces), capped at HIT_DISTANCE_CELLS."""
+    defender = 1 - attacker
+
+    def offset(axis: str) -> torch.Tensor:
+        apart = (
+            floats[:, spec.float_col(defender, axis)] - floats[:, spec.float_col(attacker, axis)]
+        ) / spec.scale(axis)
+        if axis == "x":
+            apart = torch.where(floats[:, spec.float_col(attacker, "facing")] > 0.5, apart, -apart)
+        cells = torch.round(apart.double() / HIT_DISTANCE_BIN).clamp(-HIT_DISTANCE_CELLS, HIT_DISTANCE_CELLS)
+        return cells.long() + HIT_DISTANCE_CELLS
+
+    width = 2 * HIT_DISTANCE_CELLS + 1
+    character, action, age = (
+        ints[:, spec.int_col(attacker, name)].long() for name in ("character", "action", "action_age")
+    )
+    move = (character * spec.vocab("action") + action) * spec.vocab("action_age") + age
+    return (move * width + offset("x")) * width + offset("y")
 
 
 def decided_logits(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

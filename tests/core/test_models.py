@@ -521,6 +521,43 @@ def test_hurtbox_from_invulnerable_follows_the_predicted_binary_and_starts_in_th
         build_model(encoding, ModelConfig(hurtbox_from_invulnerable=True))
 
 
+def test_hit_tables_land_a_hit_in_a_known_cell_only_with_the_defender_in_front():
+    from meleewm_core.models.mlp import HIT_DISTANCE_BIN, hit_cell
+
+    encoding, spec, model = table_model(hit_tables=True)
+    character, forward_smash, age, move, damage = 2, 60, 12, 7, 13.0
+    float_ctx = torch.zeros(3, 10, spec.float_per_frame)
+    ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)
+    for name, value in (("character", character), ("action", forward_smash), ("action_age", age)):
+        ints[:, :, spec.int_col(0, name)] = value
+    last = float_ctx[:, -1]
+    last[:, spec.float_col(0, "facing")] = torch.tensor([1.0, 0.0, 1.0])  # the second faces away
+    last[:, spec.float_col(1, "x")] = 2 * HIT_DISTANCE_BIN * spec.scale("x")
+    last[2, spec.float_col(1, "y")] = 3 * HIT_DISTANCE_BIN * spec.scale("y")  # the third: far above
+    last[:, spec.float_col(1, "percent")] = 0.2
+    cell = hit_cell(last, ints[:, -1], spec, 0)[:1]
+    model.calibrate_hit_tables(cell, torch.tensor([move]), torch.tensor([damage]))
+    ctrl = torch.zeros(3, spec.ctrl_conditioning_dim)
+    with torch.no_grad():
+        model.heads.weight.zero_()
+        model.heads.bias.zero_()  # the heads: no change anywhere
+        outputs = model(float_ctx, ints, ctrl)
+    landed = outputs["p0_last_attack_landed_logits"].argmax(1)
+    percent = model.layout.continuous_cols.index(spec.float_col(1, "percent"))
+    raised = outputs["continuous_delta"][:, percent] / spec.scale("percent")
+    assert landed[0] == move and (landed[1:] != move).all()
+    assert torch.isclose(raised[0], torch.tensor(damage)) and (raised[1:].abs() < 0.5).all()
+    assert "p0_last_attack_landed_logits_raw" in outputs
+    # The defender (player 1) attacks nobody from there: its own cell is unknown.
+    assert outputs["p1_last_attack_landed_logits"].argmax(1)[0] != move
+    with torch.no_grad():
+        training = model.train()(float_ctx, ints, ctrl)
+    assert (training["continuous_delta"][:, percent] / spec.scale("percent")).abs().max() < 0.5
+
+    with pytest.raises(ValueError, match="last attack head"):
+        build_model(encoding, ModelConfig(hit_tables=True))
+
+
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
