@@ -13,9 +13,10 @@ no plots, so it runs where matplotlib is missing) and prints one JSON line: the 
 validation metrics beside persistence, the per-field metrics that do not beat persistence, and
 the rollout position error at steps 1-60 for the model, persistence and constant velocity.
 ``--budget-s`` skips the jobs that would start after it; ``--out`` also writes the list as JSON.
-``--ablate NAME`` rolls the same checkpoint out again with the model's predictions-only rule
-NAME (``respawn_sequence``, ``blast_zones``, ``air_physics``) switched off, so a rule's effect is
-measured without a second training's noise.
+``--ablate NAME`` rolls the same checkpoint out again with the model's rule NAME (``respawn_sequence``,
+``blast_zones``, ``air_physics``, ``hit_tables``, ``hurtbox_from_invulnerable``) switched off, so a
+rule's effect is measured without a second training's noise; a rule the experiment does not use
+is an error.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def rollout_position(run: EvaluableRun, root: DataRoot, context_len: int) -> tup
 
 def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> dict:
     experiment = load_experiment(config, {"train.wandb": False, **parse_assignments(sets)})
+    for name in ablate:
+        if getattr(experiment.model, name, None) is not True:
+            raise SystemExit(f"--ablate {name}: {config} does not switch on a model rule of that name")
     root = DataRoot.from_env(root_path)
     started = time.perf_counter()
     result = train_run(experiment, root, progress=False)
@@ -63,10 +67,9 @@ def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> 
     report, position = rollout_position(run, root, context_len)
     ablated = {}
     for name in ablate:
-        if getattr(run.model, name, False):
-            setattr(run.model, name, False)
-            ablated[name] = rollout_position(run, root, context_len)[1]
-            setattr(run.model, name, True)
+        setattr(run.model, name, False)
+        ablated[name] = rollout_position(run, root, context_len)[1]
+        setattr(run.model, name, True)
     last = result.manifest["all_epochs"][-1]
     return {
         "root": root_path,

@@ -193,12 +193,12 @@ class ModelConfig(StrictModel):
     # attacker say so, and no head predicted one a frame ahead (last attack landed tied
     # persistence, held). With this option, where the training games' attackers in the same
     # (character, action, action_age) with the defender in the same HIT_DISTANCE_BIN-unit cell
-    # (in front / behind, above / below) hit on the next frame on more than half of at least
-    # three frames, the attacker's last attack landed becomes the move those hits most often
-    # record and the defender's percent rises by their most common damage. Measured on the
-    # training games (``train.hit_tables``; the HIT_TABLE_SIZE most frequent cells) and saved with
-    # the weights; applied to predictions, not in training (as respawn_sequence). Needs
-    # full_state heads and encoding.action_age_as_embed.
+    # (in front / behind, above / below) hit on the next frame at least three times and on more
+    # than half of the cell's frames, the attacker's last attack landed becomes the move those
+    # hits most often record and the defender's percent rises by their most common damage.
+    # Measured on the training games (``train.hit_tables``; the HIT_TABLE_SIZE cells with the most
+    # hits) and saved with the weights; applied to predictions, not in training (as
+    # respawn_sequence). Needs full_state heads and encoding.action_age_as_embed.
     hit_tables: bool = False
     # Melee's death and respawn run on timers and end in fixed values: a player in a DEAD_* action
     # for 60 frames respawns (REBIRTH) with 0 percent, a full shield, no velocity and at the
@@ -222,17 +222,18 @@ class ModelConfig(StrictModel):
     # with the weights; applied to predictions, not in training (as respawn_sequence). Needs
     # full_state heads (the stocks head).
     blast_zones: bool = False
-    # Melee moves an airborne player's vertical speed by the character's gravity down to its fall
-    # speed, holds a fast fall, and sets a take-off speed on a jump's first frame; the y head,
-    # fed its own output, loses track of both after a second (docs/quality-notes.md). With this
-    # option a player predicted airborne (outside hitlag) in a jump, fall or aerial attack whose
-    # vertical speed is pinned by a rule (a jump's first frame, the fall or fast-fall speed
-    # reached, a fast fall tapped) gets that speed, its knockback decayed by Melee's 0.051 a frame,
-    # and y moved by both, stopped on the surface beneath (landing there). Other airborne frames
-    # are the heads': carried through a whole arc the rule ended rollouts further off, the
-    # predicted action being wrong too often. Gravity, speeds and take-offs are measured per
-    # character on the training games and saved with the weights; applied to predictions, not
-    # in training (as respawn_sequence). Needs full_state heads and stage_surfaces (the floor).
+    # Melee holds an airborne player's vertical speed at the character's fall speed (or, once the
+    # stick is tapped down, its fast-fall speed) and sets a take-off speed on a jump's first frame;
+    # the y head, fed its own output, loses track of jumps and falls after a second
+    # (docs/quality-notes.md). With this option a player predicted airborne (outside hitlag) in a
+    # jump, fall or aerial attack whose vertical speed is pinned by such a rule (a jump's first
+    # frame with a known take-off, the fall or fast-fall speed reached) gets that speed, its
+    # knockback decayed by Melee's 0.051 a frame, and y moved by both, stopped on the surface
+    # beneath (landing there). Other airborne frames are the heads': carried through whole arcs
+    # (gravity included) the rules ended rollouts further off, the predicted action being wrong
+    # too often by then. The speeds are measured per character on the training games and saved
+    # with the weights; applied to predictions, not in training (as respawn_sequence). Needs
+    # full_state heads and stage_surfaces (the floor).
     air_physics: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's

@@ -612,7 +612,8 @@ def binary_flip_tables(
 def invulnerable_hurtbox(data: FrameData) -> torch.Tensor:
     """(actions,) the hurtbox state (1 invulnerable, 2 intangible) the training games' players most
     often have on the first frame of an invulnerability that starts in each action; elsewhere the
-    most common starting state of all."""
+    most common starting state of all (the last state where the games have none, as
+    ``FrameStackMLP`` starts)."""
     spec = data.spec
     starts = []
     for _, _, ints in data.game_rows("train"):
@@ -630,19 +631,20 @@ def invulnerable_hurtbox(data: FrameData) -> torch.Tensor:
 
 
 def hit_tables(data: FrameData, min_hits: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where the training games' hits land: each ``models.mlp.hit_cell`` after which the defender's
-    percent rises with the attacker's last attack landed set, on the next frame, on more than half
-    of the cell's frames and at least ``min_hits`` times. Returns the cells (sorted, the
-    HIT_TABLE_SIZE with the most hits), the move each cell's hits most often record and their
-    most common damage (in percent)."""
+    """Where the training games' hits land: each ``models.mlp.hit_cell`` after which, on the next
+    frame, the defender's percent rises with the attacker's last attack landed set, at least
+    ``min_hits`` times and on more than half of the cell's frames. Returns the cells (sorted; the
+    HIT_TABLE_SIZE with the most hits), the move each cell's hits most often record and their most
+    common damage (in percent)."""
     spec = data.spec
     cells, hit, move, damage = [], [], [], []
     for _, floats, ints in data.game_rows("train"):
         floats, ints = torch.from_numpy(np.asarray(floats)), torch.from_numpy(np.asarray(ints)).long()
         for p in range(NUM_PLAYERS):
             landed = ints[1:, spec.int_col(p, "last_attack_landed")]
-            percent = torch.trunc(
-                floats[:, spec.float_col(1 - p, "percent")].double() / spec.scale("percent") + 1e-6
+            # Whole percents, stored x 0.01 in float32: rounded back, not truncated.
+            percent = torch.round(
+                floats[:, spec.float_col(1 - p, "percent")].double() / spec.scale("percent")
             )
             cells.append(hit_cell(floats[:-1], ints[:-1], spec, p))
             hit.append((percent[1:] > percent[:-1]) & (landed != 0))
@@ -655,15 +657,14 @@ def hit_tables(data: FrameData, min_hits: int = 3) -> tuple[torch.Tensor, torch.
     hits = np.bincount(where, weights=hit, minlength=len(found))
     decided = np.flatnonzero((hits >= min_hits) & (hits > frames / 2))
     decided = np.sort(decided[np.argsort(-hits[decided], kind="stable")[:HIT_TABLE_SIZE]])
-    moves, damages = [], []
-    for index in decided:
-        mine = (where == index) & hit
-        moves.append(np.bincount(move[mine]).argmax())
-        damages.append(modal(damage[mine])[0])
+    # Each decided cell's hits, grouped in one sort.
+    rows = np.flatnonzero(hit & np.isin(where, decided))
+    rows = rows[np.argsort(where[rows], kind="stable")]
+    groups = np.split(rows, np.flatnonzero(np.diff(where[rows])) + 1)
     return (
         torch.from_numpy(found[decided]),
-        torch.tensor(moves, dtype=torch.long),
-        torch.tensor(damages, dtype=torch.float32),
+        torch.tensor([np.bincount(move[group]).argmax() for group in groups], dtype=torch.long),
+        torch.tensor([modal(damage[group])[0] for group in groups], dtype=torch.float32),
     )
 
 
@@ -785,25 +786,24 @@ def modal(values: np.ndarray) -> tuple[float, int]:
 
 
 def air_physics(
-    data: FrameData, min_frames: int = 50, min_take_offs: int = 3
+    data: FrameData, min_frames: int = 50, min_held: int = 10, min_take_offs: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each character's vertical motion in the air, as the training games play it.
+    """Each character's vertical speeds in the air, as the training games play them.
 
-    ``falls`` (characters, 3): gravity, fall speed and fast-fall speed in game units per frame,
-    from the player-frames that stay airborne in ``FALL_ACTIONS`` outside hitlag: gravity is the
-    most common change of the vertical speed, the two speeds the most common speeds held there
-    (the faster is the fast fall; one speed where the character has no fast fall in the games).
-    Known (``fall_known``) where at least ``min_frames`` such frames show both. ``take_offs``
-    (characters, jump actions, 2): the vertical speed on the first frame of each of
+    ``fall_speeds`` (characters, 2): the fall speed and the fast-fall speed in game units per
+    frame, the two speeds players most often hold from one frame to the next in ``FALL_ACTIONS``
+    outside hitlag (the faster is the fast fall; where the second is held on fewer than
+    ``min_held`` frames, or missing, the character has no fast fall in the games and both are the
+    fall speed). Known (``fall_known``) where at least ``min_frames`` such frames hold a speed.
+    ``take_offs`` (characters, jump actions, 2): the vertical speed on the first frame of each of
     ``JUMP_ACTIONS`` with no jump button (X, Y) held and with one held (a short hop lets go of it
     during the jump squat), known (``take_off_known``) where at least ``min_take_offs`` take-offs
     agree on more than half. Games that predate the velocities (every vertical speed 0) are
     skipped."""
     spec = data.spec
     characters, jumps = spec.vocab("character"), len(JUMP_ACTIONS)
-    changes: dict[int, list[np.ndarray]] = {}
     held_speeds: dict[int, list[np.ndarray]] = {}
-    take_off_speeds: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    take_off_speeds: dict[tuple[int, int, int], list[float]] = {}
     for _, floats, ints in data.game_rows("train"):
         for p in range(NUM_PLAYERS):
 
@@ -818,12 +818,9 @@ def air_physics(
             airborne, calm = column("on_ground") < 0.5, column("hitlag") <= 0
             held = (column("X") > 0.5) | (column("Y") > 0.5)
             falling = np.isin(action, FALL_ACTIONS) & airborne & calm
-            pair = falling[:-1] & falling[1:]
-            change = np.round(speed[1:] - speed[:-1], 4)
-            for c in np.unique(character[:-1][pair]):
-                mine = pair & (character[:-1] == c)
-                changes.setdefault(int(c), []).append(change[mine])
-                held_speeds.setdefault(int(c), []).append(np.round(speed[1:][mine & (change == 0)], 4))
+            kept = falling[:-1] & falling[1:] & (np.round(speed[1:] - speed[:-1], 4) == 0) & (speed[1:] < 0)
+            for c in np.unique(character[:-1][kept]):
+                held_speeds.setdefault(int(c), []).append(speed[1:][kept & (character[:-1] == c)])
             starts = (
                 np.flatnonzero(
                     (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS) & airborne[1:] & calm[1:]
@@ -832,29 +829,28 @@ def air_physics(
             )
             for row in starts:
                 key = (int(character[row]), int(action[row] - JUMP_ACTIONS.start), int(held[row]))
-                take_off_speeds.setdefault(key, []).append(speed[row : row + 1])
+                take_off_speeds.setdefault(key, []).append(float(speed[row]))
 
-    falls = np.zeros((characters, 3), dtype=np.float32)
+    fall_speeds = np.zeros((characters, 2), dtype=np.float32)
     fall_known = np.zeros(characters, dtype=bool)
-    for c, parts in changes.items():
-        change, speeds = np.concatenate(parts), np.concatenate(held_speeds[c])
-        moving, steady = change[change != 0], speeds[speeds < 0]
-        if len(change) < min_frames or len(moving) == 0 or len(steady) == 0:
+    for c, parts in held_speeds.items():
+        speeds = np.concatenate(parts)
+        if len(speeds) < min_frames:
             continue
-        gravity = -modal(moving)[0]
-        found, count = np.unique(steady, return_counts=True)
-        top = np.sort(found[np.argsort(-count)[:2]])  # most negative first: the fast fall
-        falls[c] = (gravity, -top[-1], -top[0])
-        fall_known[c] = gravity > 0
+        found, count = np.unique(np.round(speeds, 4), return_counts=True)
+        order = np.argsort(-count)
+        top = found[order[:2]][count[order[:2]] >= min_held]
+        if len(top):
+            fall_speeds[c] = (-top.max(), -top.min())  # the slower is the fall, the faster the fast fall
+            fall_known[c] = True
     take_offs = np.zeros((characters, jumps, 2), dtype=np.float32)
     take_off_known = np.zeros((characters, jumps, 2), dtype=bool)
-    for (c, jump, held), parts in take_off_speeds.items():
-        speeds = np.concatenate(parts)
-        value, count = modal(speeds)
+    for (c, jump, held), speeds in take_off_speeds.items():
+        value, count = modal(np.array(speeds))
         take_offs[c, jump, held] = value
         take_off_known[c, jump, held] = len(speeds) >= min_take_offs and count > len(speeds) / 2
     return (
-        torch.from_numpy(falls),
+        torch.from_numpy(fall_speeds),
         torch.from_numpy(fall_known),
         torch.from_numpy(take_offs),
         torch.from_numpy(take_off_known),

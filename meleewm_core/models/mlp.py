@@ -238,8 +238,11 @@ class FrameStackMLP(nn.Module):
         if model.hurtbox_from_invulnerable:
             if "hurtbox" not in self.layout.categoricals:
                 raise ValueError("model.hurtbox_from_invulnerable needs heads: full_state (the hurtbox head)")
-            # Intangible (2) on every action until ``calibrate_invulnerable_hurtbox``; saved with the weights.
-            self.register_buffer("invulnerable_hurtbox", torch.full((spec.vocab("action"),), 2))
+            # The last state (intangible, 2) on every action until ``calibrate_invulnerable_hurtbox``;
+            # saved with the weights.
+            self.register_buffer(
+                "invulnerable_hurtbox", torch.full((spec.vocab("action"),), spec.vocab("hurtbox") - 1)
+            )
             self.invulnerable_logits = [
                 self.layout.binary_cols.index(spec.float_col(p, "invulnerable")) for p in range(NUM_PLAYERS)
             ]
@@ -298,7 +301,7 @@ class FrameStackMLP(nn.Module):
             characters, jumps = spec.vocab("character"), len(JUMP_ACTIONS)
             # Empty (no character known: the heads decide) until ``calibrate_air_physics``; saved
             # with the weights.
-            self.register_buffer("falls", torch.zeros(characters, 3))
+            self.register_buffer("fall_speeds", torch.zeros(characters, 2))
             self.register_buffer("fall_known", torch.zeros(characters, dtype=torch.bool))
             self.register_buffer("take_offs", torch.zeros(characters, jumps, 2))
             self.register_buffer("take_off_known", torch.zeros(characters, jumps, 2, dtype=torch.bool))
@@ -434,14 +437,14 @@ class FrameStackMLP(nn.Module):
     @torch.no_grad()
     def calibrate_air_physics(
         self,
-        falls: torch.Tensor,
+        fall_speeds: torch.Tensor,
         fall_known: torch.Tensor,
         take_offs: torch.Tensor,
         take_off_known: torch.Tensor,
     ) -> None:
-        """Set each character's gravity, fall speeds and take-off speeds (``air_physics``), as
-        measured by ``train.air_physics``."""
-        self.falls.copy_(falls)
+        """Set each character's fall, fast-fall and take-off speeds (``air_physics``), as measured
+        by ``train.air_physics``."""
+        self.fall_speeds.copy_(fall_speeds)
         self.fall_known.copy_(fall_known)
         self.take_offs.copy_(take_offs)
         self.take_off_known.copy_(take_off_known)
@@ -466,11 +469,14 @@ class FrameStackMLP(nn.Module):
 
     @torch.no_grad()
     def calibrate_hit_tables(self, cells: torch.Tensor, move: torch.Tensor, damage: torch.Tensor) -> None:
-        """Set the cells where hits land (``hit_tables``), as measured by ``train.hit_tables``."""
-        for name, table in (("hit_cells", cells), ("hit_move", move), ("hit_damage", damage)):
-            buffer = getattr(self, name)
-            buffer.fill_(torch.iinfo(torch.int64).max if name == "hit_cells" else 0)
-            buffer[: len(table)] = table
+        """Set the cells where hits land (``hit_tables``), as measured by ``train.hit_tables``; the
+        rest of the table stays empty (a cell no frame has)."""
+        self.hit_cells.fill_(torch.iinfo(torch.int64).max)
+        self.hit_move.zero_()
+        self.hit_damage.zero_()
+        self.hit_cells[: len(cells)] = cells
+        self.hit_move[: len(move)] = move
+        self.hit_damage[: len(damage)] = damage
 
     def land_hits(
         self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
@@ -555,9 +561,10 @@ class FrameStackMLP(nn.Module):
         stage: torch.Tensor,
     ) -> None:
         """Each player predicted airborne outside hitlag in a jump, fall or aerial attack whose
-        vertical speed a rule pins (a known take-off on a jump's first frame, the fall or fast-fall
-        speed reached) gets the rule's next speed, its knockback decayed by ``KNOCKBACK_DECAY``,
-        and y moved by both, stopped on the known surface beneath (landing there)."""
+        vertical speed a rule pins (a known take-off on a jump's first frame; the fall speed
+        reached, held or switched to the fast fall by a tap down; the fast-fall speed, held) gets
+        the rule's next speed, its knockback decayed by ``KNOCKBACK_DECAY``, and y moved by both,
+        stopped on the known surface beneath (landing there)."""
         spec, controls = self.spec, len(CONTROLLER_FIELDS)
         speed_scale, knockback_scale, y_scale = (spec.scale(n) for n in ("self_y", "knockback_x", "y"))
         delta = outputs["continuous_delta"].float()
@@ -583,13 +590,14 @@ class FrameStackMLP(nn.Module):
                 & (action < JUMP_ACTIONS.stop)
                 & self.take_off_known[character, jump, held.long()]
             )
-            gravity, fall, fast = self.falls[character].unbind(1)
+            fall, fast = self.fall_speeds[character].unbind(1)
             speed = now("self_y") / speed_scale
             fast_falling = (speed + fast).abs() < RULE_TOLERANCE
             at_fall_speed = (speed + fall).abs() < RULE_TOLERANCE
             stick, last_stick = 2 * ctrl[:, CONTROLLER_FIELDS.index("main_y")] - 1, 2 * now("main_y") - 1
-            tapped = (stick < -FAST_FALL_STICK) & (last_stick >= -FAST_FALL_STICK) & (speed < 0)
-            next_speed = torch.where(fast_falling | tapped, -fast, torch.maximum(speed - gravity, -fall))
+            tapped = (stick < -FAST_FALL_STICK) & (last_stick >= -FAST_FALL_STICK)
+            # Melee holds a fall at the fall speed until the stick is tapped down, then at the fast-fall speed.
+            next_speed = torch.where(fast_falling | (at_fall_speed & tapped), -fast, -fall)
             next_speed = torch.where(taking_off, self.take_offs[character, jump, held.long()], next_speed)
             airborne = ~grounded[:, p] & ((now("on_ground") < 0.5) | taking_off)
             calm = (now("hitlag") <= 0) & (now("hitlag") + delta[:, slot["hitlag"]] <= 0)

@@ -399,19 +399,18 @@ def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_
     known = torch.zeros_like(model.surface_known)
     extent[stage, ground], known[stage, ground] = torch.tensor([-5.0, 5.0]), True  # the floor: y = 0
     model.calibrate_surfaces(line, extent, known)
-    falls, fall_known = torch.zeros_like(model.falls), torch.zeros_like(model.fall_known)
-    falls[character], fall_known[character] = torch.tensor([0.1, 2.0, 3.0]), True
+    fall_speeds, fall_known = torch.zeros_like(model.fall_speeds), torch.zeros_like(model.fall_known)
+    fall_speeds[character], fall_known[character] = torch.tensor([2.0, 3.0]), True  # fall, fast fall
     take_offs, take_off_known = torch.zeros_like(model.take_offs), torch.zeros_like(model.take_off_known)
     take_offs[character, 0, 1], take_off_known[character, 0, 1] = 3.1, True  # JUMP_F, X or Y held
-    model.calibrate_air_physics(falls, fall_known, take_offs, take_off_known)
-    plain = build_model(
-        encoding, ModelConfig(heads="full_state", stage_surfaces=True, delta_gate=True)
-    ).eval()
-    plain.load_state_dict(model.state_dict(), strict=False)
+    model.calibrate_air_physics(fall_speeds, fall_known, take_offs, take_off_known)
 
-    def predict(net, predicted_action, last_action, speed, y, on_ground, knockback=(0.0, 0.0), held=False):
+    def predict(
+        net, predicted_action, last_action, speed, y, on_ground, knockback=(0.0, 0.0), held=False, stick=0.5
+    ):
         """Player 0's next (self_y, y) in game units, knockback and on_ground logit, with the heads
-        set to predict ``predicted_action``, airborne, and no change of any continuous field."""
+        set to predict ``predicted_action``, airborne, and no change of any continuous field; the
+        main stick's y goes from neutral to ``stick`` (encoded: 0 is fully down)."""
         rows = len(speed)
         float_ctx = torch.zeros(rows, 10, spec.float_per_frame)
         ints = torch.zeros(rows, 10, spec.int_per_frame, dtype=torch.long)
@@ -427,7 +426,7 @@ def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_
         last[:, spec.float_col(0, "knockback_y")] = knockback[1] * spec.scale("knockback_y")
         last[:, spec.float_col(0, "main_y")] = 0.5
         ctrl = torch.zeros(rows, spec.ctrl_conditioning_dim)
-        ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_y"))] = 0.5
+        ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_y"))] = stick
         ctrl[:, spec.controller_cols.index(spec.float_col(0, "X"))] = float(held)
         with torch.no_grad():
             net.heads.weight.zero_()
@@ -472,9 +471,12 @@ def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_
         )
         torch.testing.assert_close(speed, torch.tensor([expected]))
         torch.testing.assert_close(y, torch.tensor([expected]), atol=1e-4, rtol=0)
-    # The heads' own predictions in training, and without the option.
-    speed, y, _, _ = predict(plain, fall_action, fall_action, [-2.0], [50.0], [0.0])
-    assert speed.item() == -2.0 and y.item() == 50.0
+    # A tap down switches the fall speed to the fast fall; mid-arc no rule pins the speed.
+    speed, _, _, _ = predict(
+        model, fall_action, fall_action, [-2.0, -1.0], [50.0, 50.0], [0.0] * 2, stick=0.0
+    )
+    torch.testing.assert_close(speed, torch.tensor([-3.0, -1.0]))
+    # Training keeps the heads' own predictions.
     model.train()
     speed, y, _, _ = predict(model, fall_action, fall_action, [-2.0], [50.0], [0.0])
     assert speed.item() == -2.0 and y.item() == 50.0
