@@ -196,10 +196,11 @@ class ModelConfig(StrictModel):
     # (in front / behind, above / below) hit on the next frame at least three times and on more
     # than half of the cell's frames, the attacker's last attack landed becomes the move those
     # hits most often record and the defender's percent rises by their most common damage.
-    # Measured on the training games (``train.hit_tables``; the HIT_TABLE_SIZE cells with the most
-    # hits) and saved with the weights; applied to predictions, not in training (as
-    # respawn_sequence). Needs full_state heads and encoding.action_age_as_embed.
+    # Measured on the training games (``train.hit_tables``; the ``hit_table_size`` cells with the
+    # most hits, the size of the saved table) and saved with the weights; applied to predictions,
+    # not in training (as respawn_sequence). Needs full_state heads and encoding.action_age_as_embed.
     hit_tables: bool = False
+    hit_table_size: int = Field(4096, ge=1)
     # Melee's death and respawn run on timers and end in fixed values: a player in a DEAD_* action
     # for 60 frames respawns (REBIRTH) with 0 percent, a full shield, no velocity and at the
     # stage's respawn point. Each happens a few dozen times in the training games, and exp-7i

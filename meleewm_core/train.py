@@ -51,7 +51,7 @@ from meleewm_core.encoding import (
 )
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
-from meleewm_core.models.mlp import HIT_TABLE_SIZE, hit_cell
+from meleewm_core.models.mlp import hit_cell
 
 CHECKPOINT_FORMAT = 1
 # Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
@@ -630,11 +630,13 @@ def invulnerable_hurtbox(data: FrameData) -> torch.Tensor:
     return torch.from_numpy(np.where(counts.any(1), counts.argmax(1), overall))
 
 
-def hit_tables(data: FrameData, min_hits: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def hit_tables(
+    data: FrameData, size: int, min_hits: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the training games' hits land: each ``models.mlp.hit_cell`` after which, on the next
     frame, the defender's percent rises with the attacker's last attack landed set, at least
     ``min_hits`` times and on more than half of the cell's frames. Returns the cells (sorted; the
-    HIT_TABLE_SIZE with the most hits), the move each cell's hits most often record and their most
+    ``size`` with the most hits), the move each cell's hits most often record and their most
     common damage (in percent)."""
     spec = data.spec
     cells, hit, move, damage = [], [], [], []
@@ -656,7 +658,7 @@ def hit_tables(data: FrameData, min_hits: int = 3) -> tuple[torch.Tensor, torch.
     found, where, frames = np.unique(cell, return_inverse=True, return_counts=True)
     hits = np.bincount(where, weights=hit, minlength=len(found))
     decided = np.flatnonzero((hits >= min_hits) & (hits > frames / 2))
-    decided = np.sort(decided[np.argsort(-hits[decided], kind="stable")[:HIT_TABLE_SIZE]])
+    decided = np.sort(decided[np.argsort(-hits[decided], kind="stable")[:size]])
     # Each decided cell's hits, grouped in one sort.
     rows = np.flatnonzero(hit & np.isin(where, decided))
     rows = rows[np.argsort(where[rows], kind="stable")]
@@ -1046,7 +1048,8 @@ def train_run(
         if experiment.model.hurtbox_from_invulnerable and hasattr(model, "calibrate_invulnerable_hurtbox"):
             model.calibrate_invulnerable_hurtbox(invulnerable_hurtbox(data).to(device))
         if experiment.model.hit_tables and hasattr(model, "calibrate_hit_tables"):
-            model.calibrate_hit_tables(*(table.to(device) for table in hit_tables(data)))
+            tables = hit_tables(data, experiment.model.hit_table_size)
+            model.calibrate_hit_tables(*(table.to(device) for table in tables))
         if experiment.model.respawn_sequence and hasattr(model, "calibrate_respawn"):
             model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
         if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):

@@ -59,10 +59,9 @@ TRANSITION_AGE_CAP = 64
 RULE_TOLERANCE = 1e-3
 FAST_FALL_STICK = 0.66
 # ``hit_tables``: cells of this many game units (defender relative to attacker), this many at
-# most from the attacker on each axis, and at most HIT_TABLE_SIZE cells kept.
+# most from the attacker on each axis.
 HIT_DISTANCE_BIN = 8.0
 HIT_DISTANCE_CELLS = 20
-HIT_TABLE_SIZE = 4096
 # The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
 # that a sigmoid or softmax reads it as certain, finite so the reported losses stay finite.
 DECIDED_LOGIT = 10.0
@@ -255,9 +254,10 @@ class FrameStackMLP(nn.Module):
                     "encoding.action_age_as_embed (the move's frame)"
                 )
             # Empty (no cell: no hit) until ``calibrate_hit_tables``; saved with the weights.
-            self.register_buffer("hit_cells", torch.full((HIT_TABLE_SIZE,), torch.iinfo(torch.int64).max))
-            self.register_buffer("hit_move", torch.zeros(HIT_TABLE_SIZE, dtype=torch.long))
-            self.register_buffer("hit_damage", torch.zeros(HIT_TABLE_SIZE))
+            size = model.hit_table_size
+            self.register_buffer("hit_cells", torch.full((size,), torch.iinfo(torch.int64).max))
+            self.register_buffer("hit_move", torch.zeros(size, dtype=torch.long))
+            self.register_buffer("hit_damage", torch.zeros(size))
             self.hit_percent_slots = [
                 self.layout.continuous_cols.index(spec.float_col(p, "percent")) for p in range(NUM_PLAYERS)
             ]
@@ -487,7 +487,7 @@ class FrameStackMLP(nn.Module):
         delta = outputs["continuous_delta"].float()
         for p in range(NUM_PLAYERS):
             cell = hit_cell(last_floats.float(), last_ints, spec, p)
-            found = torch.searchsorted(self.hit_cells, cell).clamp(max=HIT_TABLE_SIZE - 1)
+            found = torch.searchsorted(self.hit_cells, cell).clamp(max=len(self.hit_cells) - 1)
             hits = self.hit_cells[found] == cell
             key = f"p{p}_last_attack_landed_logits"
             outputs.setdefault(f"{key}_raw", outputs[key])

@@ -526,7 +526,8 @@ def test_hurtbox_from_invulnerable_follows_the_predicted_binary_and_starts_in_th
 def test_hit_tables_land_a_hit_in_a_known_cell_only_with_the_defender_in_front():
     from meleewm_core.models.mlp import HIT_DISTANCE_BIN, hit_cell
 
-    encoding, spec, model = table_model(hit_tables=True)
+    encoding, spec, model = table_model(hit_tables=True, hit_table_size=8)
+    assert len(model.hit_cells) == 8  # the saved table's size is the config's
     character, forward_smash, age, move, damage = 2, 60, 12, 7, 13.0
     float_ctx = torch.zeros(3, 10, spec.float_per_frame)
     ints = torch.zeros(3, 10, spec.int_per_frame, dtype=torch.long)

@@ -611,7 +611,7 @@ def test_hit_tables_call_hits_that_land_and_set_the_move_and_damage_they_record(
     from meleewm_core.train import hit_tables
 
     exp, spec, data = experiment_file_data("exp-7n-hit-tables.yaml", root)
-    cells, move, damage = hit_tables(data)
+    cells, move, damage = hit_tables(data, exp.model.hit_table_size)
     assert len(cells) and torch.equal(cells, cells.sort().values) and (move > 0).all() and (damage > 0).all()
     model = build_model(exp.encoding, exp.model).eval()
     model.calibrate_hit_tables(cells, move, damage)
