@@ -105,7 +105,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="also roll out with this predictions-only rule off (repeatable)",
+        help="also roll out the same checkpoint with this model rule off (repeatable)",
     )
     args = parser.parse_args()
     jobs, current = [], []

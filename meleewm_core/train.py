@@ -609,6 +609,12 @@ def binary_flip_tables(
     return torch.from_numpy(on_change), torch.from_numpy(on_stay)
 
 
+def modal(values: np.ndarray) -> tuple[float, int]:
+    """The most common value of ``values`` (rounded to 1e-4) and how many hold it."""
+    found, count = np.unique(np.round(values, 4), return_counts=True)
+    return float(found[count.argmax()]), int(count.max())
+
+
 def invulnerable_hurtbox(data: FrameData) -> torch.Tensor:
     """(actions,) the hurtbox state (1 invulnerable, 2 intangible) the training games' players most
     often have on the first frame of an invulnerability that starts in each action; elsewhere the
@@ -779,12 +785,6 @@ def blast_zones(data: FrameData) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         torch.from_numpy(side_action),
         torch.from_numpy(side_stock),
     )
-
-
-def modal(values: np.ndarray) -> tuple[float, int]:
-    """The most common value of ``values`` (rounded to 1e-4) and how many hold it."""
-    found, count = np.unique(np.round(values, 4), return_counts=True)
-    return float(found[count.argmax()]), int(count.max())
 
 
 def air_physics(

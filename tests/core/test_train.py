@@ -68,15 +68,11 @@ def game_tensors(data: FrameData, split: str | None = None):
             yield game, floats, ints.long()
 
 
-def game_windows(spec: EncodingSpec, floats: torch.Tensor, ints: torch.Tensor) -> Batch:
-    """Every 10-frame window of one game and the frame after it."""
-    return gather_batch(floats, ints, torch.arange(10, len(floats)), WindowColumns(spec, 10, "cpu"))
-
-
 def predicted_windows(model: torch.nn.Module, spec: EncodingSpec, data: FrameData, split: str | None = None):
-    """Each game's (floats, windows, the model's outputs on them) for the games of ``split``."""
+    """Each game's (floats, every 10-frame window with the frame after it, the model's outputs on
+    them) for the games of ``split``."""
     for _, floats, ints in game_tensors(data, split):
-        batch = game_windows(spec, floats, ints)
+        batch = gather_batch(floats, ints, torch.arange(10, len(floats)), WindowColumns(spec, 10, "cpu"))
         with torch.no_grad():
             yield floats, batch, model(batch.float_ctx, batch.int_ctx, batch.next_ctrl)
 
