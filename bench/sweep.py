@@ -13,10 +13,11 @@ no plots, so it runs where matplotlib is missing) and prints one JSON line: the 
 validation metrics beside persistence, the per-field metrics that do not beat persistence, and
 the rollout position error at steps 1-60 for the model, persistence and constant velocity.
 ``--budget-s`` skips the jobs that would start after it; ``--out`` also writes the list as JSON.
-``--ablate NAME`` rolls the same checkpoint out again with the model's rule NAME (``respawn_sequence``,
-``blast_zones``, ``air_physics``, ``hit_tables``, ``hurtbox_from_invulnerable``) switched off, so a
-rule's effect is measured without a second training's noise; a rule the experiment does not use
-is an error.
+``--ablate NAME`` scores the same checkpoint again, one step ahead on the validation games and
+rolled out, with the model's rule NAME (``respawn_sequence``, ``blast_zones``, ``air_physics``,
+``hit_tables``, ``hurtbox_from_invulnerable``, ``ecb_landing``, ``ground_from_surfaces``) switched
+off, and with it on on the same windows, so a rule's effect is measured without a second
+training's noise; a rule the experiment does not use is an error.
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meleewm_core.config import load_experiment, parse_assignments  # noqa: E402
-from meleewm_core.eval import EvaluableRun, RolloutReport, load_run, model_predictor, open_val_data, rollout  # noqa: E402
+from meleewm_core.data import make_batches  # noqa: E402
+from meleewm_core.eval import (  # noqa: E402
+    EvaluableRun,
+    RolloutReport,
+    load_run,
+    model_predictor,
+    open_val_data,
+    rollout,
+    teacher_forced,
+)
+from meleewm_core.metrics import beats_baseline  # noqa: E402
 from meleewm_core.store import DataRoot  # noqa: E402
 from meleewm_core.train import train_run  # noqa: E402
 
@@ -53,6 +64,35 @@ def rollout_position(run: EvaluableRun, root: DataRoot, context_len: int) -> tup
     }
 
 
+def one_step(run: EvaluableRun, root: DataRoot, context_len: int) -> dict:
+    """The run's validation metrics one step ahead (as ``meleewm eval`` scores them): each field
+    beside persistence, and the fields where the model is not ahead."""
+    batches = make_batches(
+        open_val_data(run, root),
+        "val",
+        mode="memory",
+        batch_size=1024,
+        context_len=context_len,
+        device=run.device,
+        shuffle=False,
+    )
+    table = teacher_forced(
+        model_predictor(run.model), batches, run.layout, run.experiment, delta_scale=run.delta_scale
+    )[0]
+    scored = {k: v for k, v in table.items() if "persistence" in v}
+    return {
+        "fields": {
+            k: {who: round(v, 6) for who, v in by.items() if who != "constant_velocity"}
+            for k, by in scored.items()
+        },
+        "not_ahead": [
+            k
+            for k, by in scored.items()
+            if not beats_baseline({k: by["model"], f"baseline/{k}": by["persistence"]})[k]
+        ],
+    }
+
+
 def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> dict:
     experiment = load_experiment(config, {"train.wandb": False, **parse_assignments(sets)})
     for name in ablate:
@@ -66,9 +106,14 @@ def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> 
     context_len = experiment.model.context_len
     report, position = rollout_position(run, root, context_len)
     ablated = {}
+    if ablate:
+        ablated["with every rule"] = {"one_step": one_step(run, root, context_len)}
     for name in ablate:
         setattr(run.model, name, False)
-        ablated[name] = rollout_position(run, root, context_len)[1]
+        ablated[name] = {
+            "rollout": rollout_position(run, root, context_len)[1],
+            "one_step": one_step(run, root, context_len),
+        }
         setattr(run.model, name, True)
     last = result.manifest["all_epochs"][-1]
     return {

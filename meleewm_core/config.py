@@ -236,6 +236,30 @@ class ModelConfig(StrictModel):
     # with the weights; applied to predictions, not in training (as respawn_sequence). Needs
     # full_state heads and stage_surfaces (the floor).
     air_physics: bool = False
+    # The ground id is the last surface a player touched: it changes where a player lands on
+    # another surface, walks onto the next segment of the floor or respawns (to 0), and was held
+    # (``held_categoricals``) because the head foresaw almost none of those changes. With this
+    # option a player predicted grounded on the next frame takes the id of the known surface it is
+    # predicted to stand on (beneath its last position, under its predicted x, within
+    # SNAP_DISTANCE of its predicted y; the last surface where it still qualifies, else the
+    # highest), and a predicted respawn sets 0; otherwise the id is held. With the real next
+    # on_ground, x and y this calls 126 of the 165 changes of the "two" validation games and
+    # changes nothing else. Applied to predictions, not in training (as respawn_sequence); the
+    # placement on a surface then uses the new id. Needs stage_surfaces and ground in
+    # held_categoricals.
+    ground_from_surfaces: bool = False
+    # Melee lands a falling player when the bottom of its environment collision box (ECB), which
+    # in the air sits up to ~5 game units above the position (per character and animation), crosses
+    # a surface, so the position sinks below the line for a frame or three before the landing snaps
+    # it back; and a player holding the stick down falls through a platform. exp-7l's air rule
+    # landed players as the position crossed the line: 40 of its landings on the issue 5 split's
+    # validation game came 1-3 frames early. With this option a landing needs the ECB to cross
+    # (``train.ecb_landings`` measures, per character and action, how deep the position gets on
+    # the training games' landing frames, and which surfaces players fall through holding down),
+    # a player up to that depth below a line is placed on it when predicted grounded, and
+    # ground_from_surfaces finds it there. Saved with the weights; applied to predictions, not in
+    # training. Needs stage_surfaces.
+    ecb_landing: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

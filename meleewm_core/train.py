@@ -42,6 +42,7 @@ from meleewm_core.encoding import (
     DEATH_OR_RESPAWN_ACTIONS,
     DEATH_SIDE,
     FALL_ACTIONS,
+    FREE_FALL_ACTIONS,
     JUMP_ACTIONS,
     NUM_PLAYERS,
     REBIRTH_ACTION,
@@ -51,7 +52,7 @@ from meleewm_core.encoding import (
 )
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
-from meleewm_core.models.mlp import hit_cell
+from meleewm_core.models.mlp import FAST_FALL_STICK, hit_cell
 
 CHECKPOINT_FORMAT = 1
 # Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
@@ -859,6 +860,110 @@ def air_physics(
     )
 
 
+def ecb_landings(
+    data: FrameData,
+    surfaces: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    min_landings: int = 10,
+    min_crossings: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where Melee lands a falling player, as the training games play it.
+
+    Melee lands a player when the bottom of its environment collision box (ECB), which in the air
+    sits some way above the player's position, crosses a surface; until then the position sinks
+    below the surface's line. Each landing of a player in a jump, fall or aerial action
+    (``FREE_FALL_ACTIONS``) on one of the stage ``surfaces``, at the end of a descent onto its line
+    (airborne, sinking, from above it), bounds that depth: deeper than the last airborne frame's
+    depth, no deeper than that plus its last fall. ``landing_depth`` (characters, actions), in
+    game units: per character and action, the depth within the most landings' bounds, known
+    (``landing_known``) where at least ``min_landings`` landings show it; the character's other
+    free-fall actions take its depth over all of them. ``passable`` (stages, grounds): the
+    surfaces that players whose ECB crosses them with the main stick held down (below
+    -FAST_FALL_STICK) fall through on most of at least ``min_crossings`` frames, the platforms.
+    Games that predate ground ids are skipped (a landing's surface is unknown there)."""
+    spec = data.spec
+    line, extent, known = (part.numpy().astype(np.float64) for part in surfaces)
+    known = known.astype(bool)
+    characters, actions = spec.vocab("character"), spec.vocab("action")
+    y_scale = spec.scale("y")
+    free_fall = np.zeros(actions, dtype=bool)
+    free_fall[[a for a in FREE_FALL_ACTIONS if a < actions]] = True
+    # Per frame of a descent: character, action, stage, surface, depth, the next frame's depth
+    # (had it not landed), landed, the stick held down.
+    samples: list[np.ndarray] = []
+    for _, floats, ints in data.game_rows("train"):
+        stage = np.asarray(ints[:, spec.stage_col], dtype=np.int64)
+        for p in range(NUM_PLAYERS):
+            ground = np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64)
+            if not ground.any():
+                continue
+            x, y = (np.asarray(floats[:, spec.float_col(p, axis)], dtype=np.float64) for axis in "xy")
+            on_ground = np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5
+            stick = 2 * np.asarray(floats[:, spec.float_col(p, "main_y")], dtype=np.float64) - 1
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64).clip(0, actions - 1)
+            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
+            frames = np.arange(len(x))
+            for surface in np.flatnonzero(known.any(0)):
+                depth = (line[stage, surface, 0] + line[stage, surface, 1] * x - y) / y_scale
+                under = (
+                    known[stage, surface]
+                    & (extent[stage, surface, 0] <= x)
+                    & (x <= extent[stage, surface, 1])
+                )
+                sinking = np.r_[False, depth[1:] >= depth[:-1]]
+                broken = on_ground | ~under | ~sinking
+                last_above = np.maximum.accumulate(np.where(depth <= 0, frames, -1))
+                last_break = np.maximum.accumulate(np.where(broken & (depth > 0), frames, -1))
+                descending = (depth <= 0) | (last_above > last_break)
+                t = (
+                    np.flatnonzero(
+                        descending[1:-1] & under[1:-1] & ~on_ground[1:-1] & free_fall[action[1:-1]]
+                    )
+                    + 1
+                )
+                landed = on_ground[t + 1] & (ground[t + 1] == surface)
+                t, landed = t[landed | ~on_ground[t + 1]], landed[landed | ~on_ground[t + 1]]
+                fallen = depth[t] + np.maximum(y[t - 1] - y[t], 0) / y_scale
+                columns = [character[t], action[t], stage[t], np.full(len(t), surface), depth[t]]
+                columns += [np.where(landed, fallen, depth[t + 1]), landed, stick[t + 1] < -FAST_FALL_STICK]
+                samples.append(np.stack(columns, 1))
+    rows = np.concatenate(samples) if samples else np.zeros((0, 8))
+    character, action, stage_id, surface = (rows[:, i].astype(np.int64) for i in range(4))
+    depth, reached, landed, down = rows[:, 4], rows[:, 5], rows[:, 6] > 0.5, rows[:, 7] > 0.5
+    landing_depth = np.zeros((characters, actions), dtype=np.float32)
+    landing_known = np.zeros((characters, actions), dtype=bool)
+    landing = landed & ~down
+    for c in np.unique(character[landing]):
+        mine = landing & (character == c)
+        if mine.sum() < min_landings:
+            continue
+        landing_depth[c] = most_agreed_depth(depth[mine], reached[mine])
+        landing_known[c] = free_fall
+        for a in np.unique(action[mine]):
+            ours = mine & (action == a)
+            if ours.sum() >= min_landings:
+                landing_depth[c, a] = most_agreed_depth(depth[ours], reached[ours])
+    reach = landing_depth[character, action]
+    crossing = down & landing_known[character, action] & (depth < reach) & (reach <= reached)
+    passed = np.zeros(known.shape, dtype=np.int64)
+    landed_on = np.zeros(known.shape, dtype=np.int64)
+    np.add.at(passed, (stage_id[crossing & ~landed], surface[crossing & ~landed]), 1)
+    np.add.at(landed_on, (stage_id[crossing & landed], surface[crossing & landed]), 1)
+    passable = (passed + landed_on >= min_crossings) & (passed > landed_on)
+    return torch.from_numpy(landing_depth), torch.from_numpy(landing_known), torch.from_numpy(passable)
+
+
+def most_agreed_depth(above: np.ndarray, reached: np.ndarray) -> float:
+    """The depth (>= 0) inside the most of the bounds (``above``, ``reached``]: the middle of the
+    first stretch where the most bounds overlap."""
+    points = np.r_[np.maximum(above, 0), np.maximum(reached, 0)]
+    # Opening bounds count before closing ones at the same depth: (a, r] holds r itself.
+    steps = np.r_[np.ones(len(above)), -np.ones(len(reached))]
+    order = np.lexsort((-steps, points))
+    covered = np.cumsum(steps[order])
+    best = int(np.argmax(covered))
+    return float((points[order][best] + points[order][min(best + 1, len(points) - 1)]) / 2)
+
+
 def stage_surfaces(
     data: FrameData, max_rows: int = 2_000_000, min_frames: int = 50, tolerance: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1056,6 +1161,8 @@ def train_run(
             model.calibrate_blast_zones(*(table.to(device) for table in blast_zones(data)))
         if experiment.model.air_physics and hasattr(model, "calibrate_air_physics"):
             model.calibrate_air_physics(*(table.to(device) for table in air_physics(data)))
+        if experiment.model.ecb_landing and hasattr(model, "calibrate_ecb_landing"):
+            model.calibrate_ecb_landing(*(table.to(device) for table in ecb_landings(data, surfaces)))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
         run_dir = Path(root.runs_dir) / experiment.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

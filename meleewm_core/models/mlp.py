@@ -316,6 +316,21 @@ class FrameStackMLP(nn.Module):
                 }
                 for p in range(NUM_PLAYERS)
             ]
+        self.ground_from_surfaces = model.ground_from_surfaces
+        if model.ground_from_surfaces and not model.stage_surfaces:
+            raise ValueError(
+                "model.ground_from_surfaces needs model.stage_surfaces (the surfaces and the ground head)"
+            )
+        self.ecb_landing = model.ecb_landing
+        if model.ecb_landing:
+            if not model.stage_surfaces:
+                raise ValueError("model.ecb_landing needs model.stage_surfaces (the surfaces to land on)")
+            # Zero depth and no passable surface (a landing where the position crosses the line)
+            # until ``calibrate_ecb_landing``; saved with the weights.
+            self.register_buffer("landing_depth", torch.zeros(spec.vocab("character"), spec.vocab("action")))
+            self.register_buffer(
+                "surface_passable", torch.zeros(spec.vocab("stage"), spec.vocab("ground"), dtype=torch.bool)
+            )
         # The ages of an action decided outright (a timer, a death) restart at 0.
         self.age_heads = [
             key for key, _, name, _ in self.layout.logit_heads if name in ("state_age", "action_age")
@@ -450,6 +465,28 @@ class FrameStackMLP(nn.Module):
         self.take_off_known.copy_(take_off_known)
 
     @torch.no_grad()
+    def calibrate_ecb_landing(self, depth: torch.Tensor, known: torch.Tensor, passable: torch.Tensor) -> None:
+        """Set each character's and action's landing depth and the passable surfaces
+        (``ecb_landing``), as measured by ``train.ecb_landings``."""
+        self.landing_depth.copy_(torch.where(known, depth, 0.0))
+        self.surface_passable.copy_(passable)
+
+    def landing_reach(self, last_ints: torch.Tensor) -> torch.Tensor:
+        """(B, players) how far below a surface's line, in encoded y, each player's position may
+        be while its ECB is still above it: 0 without ``ecb_landing`` or in training."""
+        if not self.ecb_landing or self.training:
+            return torch.zeros(len(last_ints), NUM_PLAYERS, device=last_ints.device)
+        spec = self.spec
+        depth = [
+            self.landing_depth[
+                last_ints[:, spec.int_col(p, "character")],
+                last_ints[:, spec.int_col(p, "action")].clamp(max=self.landing_depth.shape[1] - 1),
+            ]
+            for p in range(NUM_PLAYERS)
+        ]
+        return torch.stack(depth, 1) * spec.scale("y")
+
+    @torch.no_grad()
     def calibrate_invulnerable_hurtbox(self, states: torch.Tensor) -> None:
         """Set the hurtbox state each action starts an invulnerability with
         (``hurtbox_from_invulnerable``), as measured by ``train.invulnerable_hurtbox``."""
@@ -569,7 +606,7 @@ class FrameStackMLP(nn.Module):
         speed_scale, knockback_scale, y_scale = (spec.scale(n) for n in ("self_y", "knockback_x", "y"))
         delta = outputs["continuous_delta"].float()
         last = last_floats.float()
-        heights = self.surface_heights(last, stage)
+        reach = self.landing_reach(last_ints)
         grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
         landings = []
         for p, slot in enumerate(self.air_slots):
@@ -615,9 +652,10 @@ class FrameStackMLP(nn.Module):
             magnitude = torch.hypot(knockback_x, knockback_y).clamp_min(1e-6)
             keep = (1 - KNOCKBACK_DECAY / magnitude).clamp_min(0)
             y = now("y") + (next_speed + knockback_y * keep) * y_scale
-            above, none = heights[:, 2 * p], heights[:, 2 * p + 1] > 0.5
-            floor = now("y") - above * HEIGHT_UNIT * y_scale
-            lands = applies & ~none & (above < HEIGHT_CAP) & (y < floor)
+            floor, crossed = self.landing_floor(
+                now("x"), now("y"), y, reach[:, p], stage, stick < -FAST_FALL_STICK
+            )
+            lands = applies & crossed
             values = {
                 "y": torch.where(lands, floor, y),
                 "self_y": torch.where(lands, 0.0, next_speed) * speed_scale,
@@ -633,6 +671,33 @@ class FrameStackMLP(nn.Module):
         outputs["binary_logits"] = outputs["binary_logits"].index_copy(
             1, self.surface_on_ground_logits, landed
         )
+
+    def landing_floor(
+        self,
+        x: torch.Tensor,
+        y_last: torch.Tensor,
+        y_next: torch.Tensor,
+        reach: torch.Tensor,
+        stage: torch.Tensor,
+        stick_down: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) the height of the highest known surface under ``x`` whose line a player moving from
+        ``y_last`` to ``y_next`` crosses with its ECB (``reach`` below the position), and whether
+        there is one; a passable surface is fallen through with the stick held down."""
+        line, extent = self.surface_line[stage], self.surface_extent[stage]  # (B, G, 2)
+        height = line[..., 0] + line[..., 1] * x[:, None]
+        reach = reach[:, None]
+        crossing = (
+            self.surface_known[stage]
+            & (x[:, None] >= extent[..., 0])
+            & (x[:, None] <= extent[..., 1])
+            & (height - y_last[:, None] < reach + SURFACE_TOLERANCE * self.spec.scale("y"))
+            & (height - y_next[:, None] > reach)
+        )
+        if self.ecb_landing:
+            crossing &= ~(self.surface_passable[stage] & stick_down[:, None])
+        floor = torch.where(crossing, height, torch.finfo(height.dtype).min).amax(1)
+        return floor, crossing.any(1)
 
     def respawned_deltas(
         self, delta: torch.Tensor, respawning: torch.Tensor, last_floats: torch.Tensor, stage: torch.Tensor
@@ -683,11 +748,60 @@ class FrameStackMLP(nn.Module):
         above = ((y[..., 0] - floor) / (HEIGHT_UNIT * scale)).clamp(0, HEIGHT_CAP)
         return torch.stack([torch.where(none, HEIGHT_CAP, above), none.float()], dim=2).flatten(1)
 
+    def stand_on_surfaces(
+        self,
+        outputs: dict[str, torch.Tensor],
+        last: torch.Tensor,
+        last_ints: torch.Tensor,
+        stage: torch.Tensor,
+        respawning: torch.Tensor | None,
+    ) -> None:
+        """Each player predicted grounded takes the ground id of the known surface it is predicted
+        to stand on: beneath its last position (or up to its ``landing_reach`` above it), under its
+        predicted x, within SNAP_DISTANCE of its predicted y (that and the reach above it); the
+        last surface where it still qualifies, else the highest. A respawning player's ground is 0."""
+        scale, delta = self.spec.scale("y"), outputs["continuous_delta"].float()
+        reach = self.landing_reach(last_ints)[..., None]
+        line, extent = self.surface_line[stage][:, None], self.surface_extent[stage][:, None]  # (B, 1, G, 2)
+        x_next = (last.index_select(1, self.surface_x_cols) + delta.index_select(1, self.surface_x_slots))[
+            ..., None
+        ]
+        y_last = last.index_select(1, self.surface_y_cols).float()[..., None]  # (B, P, 1)
+        y_next = y_last + delta.index_select(1, self.surface_y_slots)[..., None]
+        height = line[..., 0] + line[..., 1] * x_next  # (B, P, G)
+        candidate = (
+            self.surface_known[stage][:, None]
+            & (x_next >= extent[..., 0])
+            & (x_next <= extent[..., 1])
+            & (height <= y_last + SURFACE_TOLERANCE * scale + reach)
+            & (y_next - height < SNAP_DISTANCE * scale)
+            & (height - y_next < SNAP_DISTANCE * scale + reach)
+        )
+        highest = torch.where(candidate, height, torch.finfo(height.dtype).min).argmax(2)  # (B, P)
+        grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
+        for p, key in enumerate(self.ground_heads):
+            outputs.setdefault(f"{key}_raw", outputs[key])
+            current = outputs[key].argmax(1)
+            stays = candidate[:, p].gather(1, current[:, None]).squeeze(1)
+            ground = torch.where(stays, current, highest[:, p])
+            if respawning is not None:
+                ground = torch.where(respawning[:, p], 0, ground)
+            moves = grounded[:, p] & candidate[:, p].any(1)
+            if respawning is not None:
+                moves |= respawning[:, p]
+            outputs[key] = torch.where(moves[:, None], decided_logits(ground, outputs[key]), outputs[key])
+
     def placed_on_surfaces(
-        self, outputs: dict[str, torch.Tensor], last: torch.Tensor, stage: torch.Tensor
+        self,
+        outputs: dict[str, torch.Tensor],
+        last: torch.Tensor,
+        last_ints: torch.Tensor,
+        stage: torch.Tensor,
     ) -> torch.Tensor:
         """The continuous deltas with each player whom the heads put on the ground of a known surface
-        moved to that surface's height at the predicted x."""
+        moved to that surface's height at the predicted x (a landing player may be up to its
+        ``landing_reach`` below the line)."""
+        reach = self.landing_reach(last_ints)
         delta = outputs["continuous_delta"].float()
         tolerance = SURFACE_TOLERANCE * self.spec.scale("y")
         ground = torch.stack([outputs[key].argmax(1) for key in self.ground_heads], dim=1)  # (B, P)
@@ -698,12 +812,14 @@ class FrameStackMLP(nn.Module):
         x_next = x_last + delta.index_select(1, self.surface_x_slots)
         y_head = delta.index_select(1, self.surface_y_slots)
         on_surface = line[..., 0] + line[..., 1] * x_next - y_last
-        near = (on_surface - y_head).abs() < SNAP_DISTANCE * self.spec.scale("y")
+        # The heads may carry a landing player on down by up to its ECB's depth.
+        snap = SNAP_DISTANCE * self.spec.scale("y")
+        near = (y_head - on_surface < snap) & (on_surface - y_head < snap + reach)
         # Landing (from above, over the surface), or standing on the line already; a grounded
         # player off it (held in a grab or a throw) is the y head's.
         arriving = (
             (last.index_select(1, self.surface_on_ground_cols) < 0.5)
-            & (on_surface <= tolerance)
+            & (on_surface <= tolerance + reach)
             & (x_next >= extent[..., 0])
             & (x_next <= extent[..., 1])
         )
@@ -850,14 +966,27 @@ class FrameStackMLP(nn.Module):
                 key = f"p{p}_hurtbox_logits"
                 outputs.setdefault(f"{key}_raw", outputs[key])
                 outputs[key] = self.hurtbox_logits(outputs, int_ctx[:, -1], p)
+        if self.ground_from_surfaces and predicting:
+            self.stand_on_surfaces(
+                outputs,
+                float_ctx[:, -1],
+                int_ctx[:, -1],
+                stage,
+                respawning if self.respawn_sequence else None,
+            )
         if self.stage_surfaces:
-            outputs["continuous_delta"] = self.placed_on_surfaces(outputs, float_ctx[:, -1], stage)
+            outputs["continuous_delta"] = self.placed_on_surfaces(
+                outputs, float_ctx[:, -1], int_ctx[:, -1], stage
+            )
         if self.respawn_sequence and predicting:
             outputs["continuous_delta"] = self.respawned_deltas(
                 outputs["continuous_delta"], respawning, float_ctx[:, -1], stage
             )
         if self.air_physics and predicting:
             self.follow_air_physics(outputs, float_ctx[:, -1], int_ctx[:, -1], next_ctrl, stage)
+            if self.ground_from_surfaces:
+                # A landing the air rule decided is on the surface beneath.
+                self.stand_on_surfaces(outputs, float_ctx[:, -1], int_ctx[:, -1], stage, None)
         return outputs
 
 
