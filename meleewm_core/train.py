@@ -865,7 +865,7 @@ def ecb_landings(
     surfaces: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     min_landings: int = 10,
     min_crossings: int = 3,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where Melee lands a falling player, as the training games play it.
 
     Melee lands a player when the bottom of its environment collision box (ECB), which in the air
@@ -879,7 +879,9 @@ def ecb_landings(
     free-fall actions take its depth over all of them. ``passable`` (stages, grounds): the
     surfaces that players whose ECB crosses them with the main stick held down (below
     -FAST_FALL_STICK) fall through on most of at least ``min_crossings`` frames, the platforms.
-    Games that predate ground ids are skipped (a landing's surface is unknown there)."""
+    ``landing_action`` (actions,): the action most of at least ``min_landings`` landings from each
+    action start (a fall's Landing, an aerial's landing lag), -1 where none is. Games that predate
+    ground ids are skipped (a landing's surface is unknown there)."""
     spec = data.spec
     line, extent, known = (part.numpy().astype(np.float64) for part in surfaces)
     known = known.astype(bool)
@@ -925,8 +927,8 @@ def ecb_landings(
                 fallen = depth[t] + np.maximum(y[t - 1] - y[t], 0) / y_scale
                 columns = [character[t], action[t], stage[t], np.full(len(t), surface), depth[t]]
                 columns += [np.where(landed, fallen, depth[t + 1]), landed, stick[t + 1] < -FAST_FALL_STICK]
-                samples.append(np.stack(columns, 1))
-    rows = np.concatenate(samples) if samples else np.zeros((0, 8))
+                samples.append(np.stack([*columns, action[t + 1]], 1))
+    rows = np.concatenate(samples) if samples else np.zeros((0, 9))
     character, action, stage_id, surface = (rows[:, i].astype(np.int64) for i in range(4))
     depth, reached, landed, down = rows[:, 4], rows[:, 5], rows[:, 6] > 0.5, rows[:, 7] > 0.5
     landing_depth = np.zeros((characters, actions), dtype=np.float32)
@@ -949,7 +951,17 @@ def ecb_landings(
     np.add.at(passed, (stage_id[crossing & ~landed], surface[crossing & ~landed]), 1)
     np.add.at(landed_on, (stage_id[crossing & landed], surface[crossing & landed]), 1)
     passable = (passed + landed_on >= min_crossings) & (passed > landed_on)
-    return torch.from_numpy(landing_depth), torch.from_numpy(landing_known), torch.from_numpy(passable)
+    landing_action = np.full(actions, -1, dtype=np.int64)
+    for a in np.unique(action[landing]):
+        value, count = modal(rows[landing & (action == a), 8])
+        if (landing & (action == a)).sum() >= min_landings and count > (landing & (action == a)).sum() / 2:
+            landing_action[a] = int(value)
+    return (
+        torch.from_numpy(landing_depth),
+        torch.from_numpy(landing_known),
+        torch.from_numpy(passable),
+        torch.from_numpy(landing_action),
+    )
 
 
 def most_agreed_depth(above: np.ndarray, reached: np.ndarray) -> float:

@@ -331,6 +331,7 @@ class FrameStackMLP(nn.Module):
             self.register_buffer(
                 "surface_passable", torch.zeros(spec.vocab("stage"), spec.vocab("ground"), dtype=torch.bool)
             )
+            self.register_buffer("landing_action", torch.full((spec.vocab("action"),), -1))
         # The ages of an action decided outright (a timer, a death) restart at 0.
         self.age_heads = [
             key for key, _, name, _ in self.layout.logit_heads if name in ("state_age", "action_age")
@@ -465,11 +466,14 @@ class FrameStackMLP(nn.Module):
         self.take_off_known.copy_(take_off_known)
 
     @torch.no_grad()
-    def calibrate_ecb_landing(self, depth: torch.Tensor, known: torch.Tensor, passable: torch.Tensor) -> None:
-        """Set each character's and action's landing depth and the passable surfaces
-        (``ecb_landing``), as measured by ``train.ecb_landings``."""
+    def calibrate_ecb_landing(
+        self, depth: torch.Tensor, known: torch.Tensor, passable: torch.Tensor, landing_action: torch.Tensor
+    ) -> None:
+        """Set each character's and action's landing depth, the passable surfaces and the action a
+        landing starts (``ecb_landing``), as measured by ``train.ecb_landings``."""
         self.landing_depth.copy_(torch.where(known, depth, 0.0))
         self.surface_passable.copy_(passable)
+        self.landing_action.copy_(landing_action)
 
     def landing_reach(self, last_ints: torch.Tensor) -> torch.Tensor:
         """(B, players) how far below a surface's line, in encoded y, each player's position may
@@ -665,6 +669,10 @@ class FrameStackMLP(nn.Module):
             for name, value in values.items():
                 delta[:, slot[name]] = torch.where(applies, value - now(name), delta[:, slot[name]])
             landings.append(lands)
+            if self.ecb_landing:
+                # A landing starts the action the training games' landings from it start.
+                landing = self.landing_action[action]
+                self.decide_action(outputs, p, lands & (landing >= 0), landing)
         outputs["continuous_delta"] = delta
         on_ground = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits)
         landed = torch.where(torch.stack(landings, 1), DECIDED_LOGIT, on_ground.float()).to(on_ground.dtype)
@@ -779,6 +787,10 @@ class FrameStackMLP(nn.Module):
         )
         highest = torch.where(candidate, height, torch.finfo(height.dtype).min).argmax(2)  # (B, P)
         grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
+        # Standing on ground 0: a replay older than the ground ids, which records 0 throughout.
+        unrecorded = (last.index_select(1, self.surface_on_ground_cols) > 0.5) & (
+            torch.stack([last_ints[:, self.spec.int_col(p, "ground")] for p in range(NUM_PLAYERS)], 1) == 0
+        )
         for p, key in enumerate(self.ground_heads):
             outputs.setdefault(f"{key}_raw", outputs[key])
             current = outputs[key].argmax(1)
@@ -786,7 +798,7 @@ class FrameStackMLP(nn.Module):
             ground = torch.where(stays, current, highest[:, p])
             if respawning is not None:
                 ground = torch.where(respawning[:, p], 0, ground)
-            moves = grounded[:, p] & candidate[:, p].any(1)
+            moves = grounded[:, p] & candidate[:, p].any(1) & ~unrecorded[:, p]
             if respawning is not None:
                 moves |= respawning[:, p]
             outputs[key] = torch.where(moves[:, None], decided_logits(ground, outputs[key]), outputs[key])

@@ -390,99 +390,220 @@ def test_blast_zones_kill_a_living_player_predicted_past_a_known_side_and_take_t
         build_model(encoding, ModelConfig(blast_zones=True))
 
 
+# The air-physics scene: character FALLER on stage SCENE_STAGE, whose floor (ground FLOOR) is the
+# line y = 0 for x in [-5, 5] (encoded); the fall and jump actions it uses.
+FALLER, SCENE_STAGE, FLOOR = 2, 3, 2
+FALL_ACTION, JUMP_F, KNEE_BEND = 29, 25, 24
+
+
+def air_model(surfaces=((FLOOR, 0.0, (-5.0, 5.0)),), **options):
+    """A ``table_model`` with ``air_physics`` and the given surfaces (ground id, height in game
+    units, x extent encoded) on SCENE_STAGE; FALLER falls at 2 and fast-falls at 3 game units a frame and
+    takes off from a JUMP_F at 3.1 with a jump button held."""
+    encoding, spec, model = table_model(air_physics=True, stage_surfaces=True, delta_gate=True, **options)
+    line, extent = torch.zeros_like(model.surface_line), torch.zeros_like(model.surface_extent)
+    known = torch.zeros_like(model.surface_known)
+    for ground, height, span in surfaces:
+        line[SCENE_STAGE, ground, 0] = height * spec.scale("y")
+        extent[SCENE_STAGE, ground], known[SCENE_STAGE, ground] = torch.tensor(span), True
+    model.calibrate_surfaces(line, extent, known)
+    fall_speeds, fall_known = torch.zeros_like(model.fall_speeds), torch.zeros_like(model.fall_known)
+    fall_speeds[FALLER], fall_known[FALLER] = torch.tensor([2.0, 3.0]), True  # fall, fast fall
+    take_offs, take_off_known = torch.zeros_like(model.take_offs), torch.zeros_like(model.take_off_known)
+    take_offs[FALLER, 0, 1], take_off_known[FALLER, 0, 1] = 3.1, True  # JUMP_F, X or Y held
+    model.calibrate_air_physics(fall_speeds, fall_known, take_offs, take_off_known)
+    return encoding, spec, model
+
+
+def air_step(
+    net,
+    spec,
+    predicted_action,
+    last_action,
+    speed,
+    y,
+    on_ground,
+    *,
+    x=None,
+    knockback=(0.0, 0.0),
+    held=False,
+    stick=0.5,
+    grounded=False,
+    ground=FLOOR,
+):
+    """Player 0's (FALLER's) next frame on SCENE_STAGE: self_y and y in game units, knockback_y,
+    the on_ground logit, the predicted ground id and action, with the heads set to predict
+    ``predicted_action``, airborne (or ``grounded``), and no change of any continuous field. Per
+    row: the last ``speed``, ``y`` (game units), ``on_ground`` and ``x`` (encoded); the main
+    stick's y goes from neutral to ``stick`` (encoded: 0 is fully down)."""
+    rows = len(speed)
+    float_ctx = torch.zeros(rows, 10, spec.float_per_frame)
+    ints = torch.zeros(rows, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.stage_col] = SCENE_STAGE
+    ints[:, :, spec.int_col(0, "character")] = FALLER
+    ints[:, :, spec.int_col(0, "ground")] = ground
+    ints[:, -1, spec.int_col(0, "action")] = last_action
+    last = float_ctx[:, -1]
+    last[:, spec.float_col(0, "self_y")] = torch.tensor(speed) * spec.scale("self_y")
+    last[:, spec.float_col(0, "y")] = torch.tensor(y) * spec.scale("y")
+    last[:, spec.float_col(0, "on_ground")] = torch.tensor(on_ground)
+    if x is not None:
+        last[:, spec.float_col(0, "x")] = torch.tensor(x)
+    last[:, spec.float_col(0, "knockback_x")] = knockback[0] * spec.scale("knockback_x")
+    last[:, spec.float_col(0, "knockback_y")] = knockback[1] * spec.scale("knockback_y")
+    last[:, spec.float_col(0, "main_y")] = 0.5
+    ctrl = torch.zeros(rows, spec.ctrl_conditioning_dim)
+    ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_y"))] = stick
+    ctrl[:, spec.controller_cols.index(spec.float_col(0, "X"))] = float(held)
+    with torch.no_grad():
+        net.heads.weight.zero_()
+        net.heads.bias.zero_()
+        net.heads.bias[net._head_slice("p0_action_logits").start + predicted_action] = 40.0
+        on_ground_logit = net.layout.binary_cols.index(spec.float_col(0, "on_ground"))
+        net.heads.bias[net._head_slice("binary_logits").start + on_ground_logit] = 40.0 if grounded else -40.0
+        outputs = net(float_ctx, ints, ctrl)
+    slot = {n: net.layout.continuous_cols.index(spec.float_col(0, n)) for n in ("self_y", "y", "knockback_y")}
+    delta = outputs["continuous_delta"]
+
+    def now(name):
+        return (last[:, spec.float_col(0, name)] + delta[:, slot[name]]) / spec.scale(name)
+
+    return {
+        "self_y": now("self_y"),
+        "y": now("y"),
+        "knockback_y": now("knockback_y"),
+        "on_ground": outputs["binary_logits"][:, on_ground_logit],
+        "ground": outputs["p0_ground_logits"].argmax(1),
+        "action": outputs["p0_action_logits"].argmax(1),
+    }
+
+
 def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_on_the_floor():
     from meleewm_core.encoding import KNOCKBACK_DECAY
 
-    encoding, spec, model = table_model(air_physics=True, stage_surfaces=True, delta_gate=True)
-    character, stage, ground, fall_action, jump_f, knee_bend = 2, 3, 2, 29, 25, 24
-    line, extent = torch.zeros_like(model.surface_line), torch.zeros_like(model.surface_extent)
-    known = torch.zeros_like(model.surface_known)
-    extent[stage, ground], known[stage, ground] = torch.tensor([-5.0, 5.0]), True  # the floor: y = 0
-    model.calibrate_surfaces(line, extent, known)
-    fall_speeds, fall_known = torch.zeros_like(model.fall_speeds), torch.zeros_like(model.fall_known)
-    fall_speeds[character], fall_known[character] = torch.tensor([2.0, 3.0]), True  # fall, fast fall
-    take_offs, take_off_known = torch.zeros_like(model.take_offs), torch.zeros_like(model.take_off_known)
-    take_offs[character, 0, 1], take_off_known[character, 0, 1] = 3.1, True  # JUMP_F, X or Y held
-    model.calibrate_air_physics(fall_speeds, fall_known, take_offs, take_off_known)
-
-    def predict(
-        net, predicted_action, last_action, speed, y, on_ground, knockback=(0.0, 0.0), held=False, stick=0.5
-    ):
-        """Player 0's next (self_y, y) in game units, knockback and on_ground logit, with the heads
-        set to predict ``predicted_action``, airborne, and no change of any continuous field; the
-        main stick's y goes from neutral to ``stick`` (encoded: 0 is fully down)."""
-        rows = len(speed)
-        float_ctx = torch.zeros(rows, 10, spec.float_per_frame)
-        ints = torch.zeros(rows, 10, spec.int_per_frame, dtype=torch.long)
-        ints[:, :, spec.stage_col] = stage
-        ints[:, :, spec.int_col(0, "character")] = character
-        ints[:, :, spec.int_col(0, "ground")] = ground
-        ints[:, -1, spec.int_col(0, "action")] = last_action
-        last = float_ctx[:, -1]
-        last[:, spec.float_col(0, "self_y")] = torch.tensor(speed) * spec.scale("self_y")
-        last[:, spec.float_col(0, "y")] = torch.tensor(y) * spec.scale("y")
-        last[:, spec.float_col(0, "on_ground")] = torch.tensor(on_ground)
-        last[:, spec.float_col(0, "knockback_x")] = knockback[0] * spec.scale("knockback_x")
-        last[:, spec.float_col(0, "knockback_y")] = knockback[1] * spec.scale("knockback_y")
-        last[:, spec.float_col(0, "main_y")] = 0.5
-        ctrl = torch.zeros(rows, spec.ctrl_conditioning_dim)
-        ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_y"))] = stick
-        ctrl[:, spec.controller_cols.index(spec.float_col(0, "X"))] = float(held)
-        with torch.no_grad():
-            net.heads.weight.zero_()
-            net.heads.bias.zero_()
-            net.heads.bias[net._head_slice("p0_action_logits").start + predicted_action] = 40.0
-            on_ground_logit = net.layout.binary_cols.index(spec.float_col(0, "on_ground"))
-            net.heads.bias[net._head_slice("binary_logits").start + on_ground_logit] = -40.0
-            outputs = net(float_ctx, ints, ctrl)
-        slot = {
-            n: net.layout.continuous_cols.index(spec.float_col(0, n)) for n in ("self_y", "y", "knockback_y")
-        }
-        delta = outputs["continuous_delta"]
-        return (
-            (last[:, spec.float_col(0, "self_y")] + delta[:, slot["self_y"]]) / spec.scale("self_y"),
-            (last[:, spec.float_col(0, "y")] + delta[:, slot["y"]]) / spec.scale("y"),
-            (last[:, spec.float_col(0, "knockback_y")] + delta[:, slot["knockback_y"]])
-            / spec.scale("knockback_y"),
-            outputs["binary_logits"][:, on_ground_logit],
-        )
-
+    encoding, spec, model = air_model()
     # At the fall speed, fast falling with a decaying knockback, mid-arc (no rule pins it: the
     # heads' "no change"), at the fall speed one unit above the floor (lands on it).
-    speed, y, knockback_y, on_ground = predict(
+    step = air_step(
         model,
-        fall_action,
-        fall_action,
+        spec,
+        FALL_ACTION,
+        FALL_ACTION,
         [-2.0, -3.0, -1.0, -2.0],
         [50.0, 50.0, 50.0, 1.0],
         [0.0] * 4,
-        (0.0, 1.0),
+        knockback=(0.0, 1.0),
     )
     keep = 1 - KNOCKBACK_DECAY
-    torch.testing.assert_close(speed, torch.tensor([-2.0, -3.0, -1.0, 0.0]))
-    torch.testing.assert_close(y, torch.tensor([48.0 + keep, 47.0 + keep, 50.0, 0.0]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(knockback_y, torch.tensor([keep, keep, 1.0, keep]), atol=1e-5, rtol=0)
-    assert (on_ground[:3] < 0).all() and on_ground[3] > 0
+    torch.testing.assert_close(step["self_y"], torch.tensor([-2.0, -3.0, -1.0, 0.0]))
+    torch.testing.assert_close(
+        step["y"], torch.tensor([48.0 + keep, 47.0 + keep, 50.0, 0.0]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(step["knockback_y"], torch.tensor([keep, keep, 1.0, keep]), atol=1e-5, rtol=0)
+    assert (step["on_ground"][:3] < 0).all() and step["on_ground"][3] > 0
     # A jump's first frame off the ground: the measured take-off speed with a jump button held; the
     # heads' guess where the take-off is unknown (released) or the jump already under way.
     for held, started, expected in ((True, True, 3.1), (False, True, 0.0), (True, False, 0.0)):
-        speed, y, _, _ = predict(
-            model, jump_f, knee_bend if started else jump_f, [0.0], [0.0], [float(started)], held=held
+        step = air_step(
+            model, spec, JUMP_F, KNEE_BEND if started else JUMP_F, [0.0], [0.0], [float(started)], held=held
         )
-        torch.testing.assert_close(speed, torch.tensor([expected]))
-        torch.testing.assert_close(y, torch.tensor([expected]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(step["self_y"], torch.tensor([expected]))
+        torch.testing.assert_close(step["y"], torch.tensor([expected]), atol=1e-4, rtol=0)
     # A tap down switches the fall speed to the fast fall; mid-arc no rule pins the speed.
-    speed, _, _, _ = predict(
-        model, fall_action, fall_action, [-2.0, -1.0], [50.0, 50.0], [0.0] * 2, stick=0.0
-    )
-    torch.testing.assert_close(speed, torch.tensor([-3.0, -1.0]))
+    step = air_step(model, spec, FALL_ACTION, FALL_ACTION, [-2.0, -1.0], [50.0, 50.0], [0.0] * 2, stick=0.0)
+    torch.testing.assert_close(step["self_y"], torch.tensor([-3.0, -1.0]))
     # Training keeps the heads' own predictions.
     model.train()
-    speed, y, _, _ = predict(model, fall_action, fall_action, [-2.0], [50.0], [0.0])
-    assert speed.item() == -2.0 and y.item() == 50.0
+    step = air_step(model, spec, FALL_ACTION, FALL_ACTION, [-2.0], [50.0], [0.0])
+    assert step["self_y"].item() == -2.0 and step["y"].item() == 50.0
 
     with pytest.raises(ValueError, match="stage_surfaces"):
         build_model(encoding, ModelConfig(heads="full_state", air_physics=True))
+
+
+def test_ecb_landing_lands_a_fall_only_once_the_ecb_crosses_and_lets_the_stick_drop_through_a_platform():
+    platform = 4
+    surfaces = ((FLOOR, 0.0, (-5.0, 5.0)), (platform, 3.0, (-1.0, 1.0)))
+    encoding, spec, model = air_model(surfaces, ecb_landing=True)
+    depth, known = (
+        torch.zeros_like(model.landing_depth),
+        torch.zeros_like(model.landing_depth, dtype=torch.bool),
+    )
+    depth[FALLER, FALL_ACTION], known[FALLER, FALL_ACTION] = 2.0, True
+    passable = torch.zeros_like(model.surface_passable)
+    passable[SCENE_STAGE, platform] = True
+    landing_action = torch.full_like(model.landing_action, -1)
+    landing_action[FALL_ACTION] = 42
+    model.calibrate_ecb_landing(depth, known, passable, landing_action)
+
+    def fall(y, x, stick=0.5):
+        return air_step(
+            model, spec, FALL_ACTION, FALL_ACTION, [-2.0] * len(y), y, [0.0] * len(y), x=x, stick=stick
+        )
+
+    # Over the floor, one unit above it: the position sinks to -1 and the ECB, 2 units higher,
+    # is still above the line; half a unit below it the ECB crosses and the player lands.
+    # Over the platform (y = 3) the same, one level up.
+    step = fall([1.0, -0.5, 4.0, 2.5], [-4.0, -4.0, 0.0, 0.0])
+    torch.testing.assert_close(step["y"], torch.tensor([-1.0, 0.0, 2.0, 3.0]), atol=1e-4, rtol=0)
+    assert (step["on_ground"] > 0).tolist() == [False, True, False, True]
+    assert step["action"].tolist() == [FALL_ACTION, 42, FALL_ACTION, 42]  # the fall's Landing
+    # The stick held down drops through the platform, not through the floor.
+    step = fall([2.5, -0.5], [0.0, -4.0], stick=0.0)
+    assert (step["on_ground"] > 0).tolist() == [False, True]
+    torch.testing.assert_close(
+        step["y"], torch.tensor([-0.5, 0.0]), atol=1e-4, rtol=0
+    )  # a fast fall: 3 a frame
+    # Without the rule's depths (or in training) the position's crossing lands the player.
+    model.calibrate_ecb_landing(depth, torch.zeros_like(known), passable, model.landing_action)
+    assert fall([1.0], [-4.0])["on_ground"].item() > 0
+
+    with pytest.raises(ValueError, match="stage_surfaces"):
+        build_model(encoding, ModelConfig(heads="full_state", ecb_landing=True))
+
+
+def test_ground_from_surfaces_follows_landings_walks_and_respawns_and_holds_otherwise():
+    next_segment, dead_down, rebirth = 5, 0, 12
+    surfaces = ((FLOOR, 0.0, (-5.0, 5.0)), (next_segment, 0.0, (5.0, 10.0)))
+    encoding, spec, model = air_model(
+        surfaces, ground_from_surfaces=True, held_categoricals=("ground",), respawn_sequence=True
+    )
+    timers = torch.full_like(model.timed_next_action, -1)
+    timers[dead_down, 59] = rebirth
+    model.calibrate_respawn(
+        timers, torch.zeros_like(model.respawn_values), torch.zeros_like(model.respawn_known)
+    )
+
+    # Landing from the air on the floor (the last ground was the next segment); walking from the
+    # floor onto the next segment; standing on the floor; in the air over the floor.
+    landing = air_step(
+        model, spec, FALL_ACTION, FALL_ACTION, [-2.0], [1.0], [0.0], x=[-4.0], ground=next_segment
+    )
+    walking = air_step(model, spec, 14, 14, [0.0, 0.0], [0.0, 0.0], [1.0, 1.0], x=[5.5, 4.0], grounded=True)
+    flying = air_step(
+        model, spec, FALL_ACTION, FALL_ACTION, [0.0], [30.0], [0.0], x=[-4.0], ground=next_segment
+    )
+    assert landing["ground"].tolist() == [FLOOR]
+    assert walking["ground"].tolist() == [next_segment, FLOOR]
+    assert flying["ground"].tolist() == [next_segment]
+    # A respawning player's ground id is 0.
+    float_ctx = torch.zeros(1, 10, spec.float_per_frame)
+    ints = torch.zeros(1, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.stage_col] = SCENE_STAGE
+    ints[:, :, spec.int_col(0, "ground")] = FLOOR
+    ints[:, -1, spec.int_col(0, "action")] = dead_down
+    ints[:, -1, spec.int_col(0, "action_age")] = 59
+    with torch.no_grad():
+        outputs = model(float_ctx, ints, torch.zeros(1, spec.ctrl_conditioning_dim))
+    assert outputs["p0_ground_logits"].argmax(1).item() == 0
+    # Training keeps the held ground.
+    model.train()
+    assert air_step(
+        model, spec, FALL_ACTION, FALL_ACTION, [-2.0], [1.0], [0.0], x=[-4.0], ground=next_segment
+    )["ground"].tolist() == [next_segment]
+
+    with pytest.raises(ValueError, match="stage_surfaces"):
+        build_model(encoding, ModelConfig(heads="full_state", ground_from_surfaces=True))
 
 
 def test_hurtbox_from_invulnerable_follows_the_predicted_binary_and_starts_in_the_actions_state():
