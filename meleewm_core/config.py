@@ -240,13 +240,12 @@ class ModelConfig(StrictModel):
     # another surface, walks onto the next segment of the floor or respawns (to 0), and was held
     # (``held_categoricals``) because the head foresaw almost none of those changes. With this
     # option a player predicted grounded on the next frame takes the id of the known surface it is
-    # predicted to stand on (beneath its last position, under its predicted x, within
-    # SNAP_DISTANCE of its predicted y; the last surface where it still qualifies, else the
-    # highest), and a predicted respawn sets 0; otherwise the id is held. With the real next
-    # on_ground, x and y this calls 126 of the 165 changes of the "two" validation games and
-    # changes nothing else. Applied to predictions, not in training (as respawn_sequence); the
-    # placement on a surface then uses the new id. Needs stage_surfaces and ground in
-    # held_categoricals.
+    # predicted to stand on (under its predicted x, near its predicted y; the last surface where it
+    # still qualifies, else the nearest), and a predicted respawn sets 0; otherwise the id is the
+    # head's (held with held_categoricals). With the real next on_ground, x and y this calls 121
+    # of the 165 changes of the "two" validation games and changes nothing else. Applied to
+    # predictions, not in training (as respawn_sequence); the placement on a surface then uses
+    # the new id. Needs stage_surfaces.
     ground_from_surfaces: bool = False
     # Melee lands a falling player when the bottom of its environment collision box (ECB), which
     # in the air sits up to ~5 game units above the position (per character and animation), crosses

@@ -765,9 +765,10 @@ class FrameStackMLP(nn.Module):
         respawning: torch.Tensor | None,
     ) -> None:
         """Each player predicted grounded takes the ground id of the known surface it is predicted
-        to stand on: beneath its last position (or up to its ``landing_reach`` above it), under its
-        predicted x, within SNAP_DISTANCE of its predicted y (that and the reach above it); the
-        last surface where it still qualifies, else the highest. A respawning player's ground is 0."""
+        to stand on: under its predicted x, at most SNAP_DISTANCE above its last position, within
+        SNAP_DISTANCE of its predicted y (and its ``landing_reach`` more above it); the last
+        surface where it still qualifies, else the nearest to its predicted y. A respawning
+        player's ground is 0."""
         scale, delta = self.spec.scale("y"), outputs["continuous_delta"].float()
         reach = self.landing_reach(last_ints)[..., None]
         line, extent = self.surface_line[stage][:, None], self.surface_extent[stage][:, None]  # (B, 1, G, 2)
@@ -777,15 +778,16 @@ class FrameStackMLP(nn.Module):
         y_last = last.index_select(1, self.surface_y_cols).float()[..., None]  # (B, P, 1)
         y_next = y_last + delta.index_select(1, self.surface_y_slots)[..., None]
         height = line[..., 0] + line[..., 1] * x_next  # (B, P, G)
+        snap = SNAP_DISTANCE * scale
         candidate = (
             self.surface_known[stage][:, None]
             & (x_next >= extent[..., 0])
             & (x_next <= extent[..., 1])
-            & (height <= y_last + SURFACE_TOLERANCE * scale + reach)
-            & (y_next - height < SNAP_DISTANCE * scale)
-            & (height - y_next < SNAP_DISTANCE * scale + reach)
+            & (height <= y_last + snap)
+            & (y_next - height < snap)
+            & (height - y_next < snap + reach)
         )
-        highest = torch.where(candidate, height, torch.finfo(height.dtype).min).argmax(2)  # (B, P)
+        nearest = torch.where(candidate, -(height - y_next).abs(), -torch.inf).argmax(2)  # (B, P)
         grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
         # Standing on ground 0: a replay older than the ground ids, which records 0 throughout.
         unrecorded = (last.index_select(1, self.surface_on_ground_cols) > 0.5) & (
@@ -795,7 +797,7 @@ class FrameStackMLP(nn.Module):
             outputs.setdefault(f"{key}_raw", outputs[key])
             current = outputs[key].argmax(1)
             stays = candidate[:, p].gather(1, current[:, None]).squeeze(1)
-            ground = torch.where(stays, current, highest[:, p])
+            ground = torch.where(stays, current, nearest[:, p])
             if respawning is not None:
                 ground = torch.where(respawning[:, p], 0, ground)
             moves = grounded[:, p] & candidate[:, p].any(1) & ~unrecorded[:, p]
