@@ -675,9 +675,11 @@ def test_ecb_landings_keep_airborne_the_falls_the_positions_crossing_landed_earl
     assert known.any() and (depth[known] >= 0).all() and (depth[known] < 8).all()
     # Melee's landings: a fall's Landing, each aerial's own landing lag (Nair..Dair -> 70..74).
     assert landing_action[29] == 42 and landing_action[65:70].tolist() == list(range(70, 75))
-    model = build_model(exp.encoding, exp.model).eval()
-    model.calibrate_surfaces(*surfaces)
-    model.calibrate_air_physics(*air_physics(data))
+    result = train_run(exp, root, progress=False)
+    model = load_checkpoint(result.best_checkpoint).model.eval()
+    assert torch.equal(model.landing_depth, torch.where(known, depth, 0.0))
+    assert torch.equal(model.surface_passable, passable) and torch.equal(model.landing_action, landing_action)
+    assert torch.equal(model.fall_speeds, air_physics(data)[0])
     on_ground = [model.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in range(2)]
     hitlag = [model.layout.continuous_cols.index(spec.float_col(p, "hitlag")) for p in range(2)]
     early = {}
