@@ -242,7 +242,7 @@ class ModelConfig(StrictModel):
     # option a player predicted grounded on the next frame takes the id of the known surface it is
     # predicted to stand on (under its predicted x, near its predicted y; the last surface where it
     # still qualifies, else the nearest), and a predicted respawn sets 0; otherwise the id is the
-    # head's (held with held_categoricals). With the real next on_ground, x and y this calls 121
+    # head's (held with held_categoricals). With the real next on_ground, x and y this calls 141
     # of the 165 changes of the "two" validation games and changes nothing else. Applied to
     # predictions, not in training (as respawn_sequence); the placement on a surface then uses
     # the new id. Needs stage_surfaces.

@@ -1032,6 +1032,36 @@ def stage_surfaces(
     )
 
 
+def surface_spans(
+    data: FrameData, surfaces: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tolerance: float = 0.1
+) -> torch.Tensor:
+    """(stage_vocab, ground_vocab, 2) encoded x: the leftmost and rightmost x at which players of
+    the training games stood on each known surface of ``surfaces`` (grounded, with its ground id,
+    within ``tolerance`` game units of its line); the surface's extent where none did. Where two
+    segments of a floor meet, the extents (quantiles) leave a gap the spans close."""
+    spec = data.spec
+    line, extent, known = surfaces
+    spans = extent.clone().double().numpy()
+    left, right = np.full(known.shape, np.inf), np.full(known.shape, -np.inf)
+    limit = tolerance * spec.scale("y")
+    for _, floats, ints in data.game_rows("train"):
+        stage = np.asarray(ints[:, spec.stage_col], dtype=np.int64)
+        for p in range(NUM_PLAYERS):
+            ground = np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64)
+            x, y = (np.asarray(floats[:, spec.float_col(p, axis)], dtype=np.float64) for axis in "xy")
+            grounded = (np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5) & known.numpy()[
+                stage, ground
+            ]
+            a, b = line.double().numpy()[stage, ground].T
+            on = grounded & (np.abs(a + b * x - y) <= limit)
+            np.minimum.at(left, (stage[on], ground[on]), x[on])
+            np.maximum.at(right, (stage[on], ground[on]), x[on])
+    seen = np.isfinite(left)
+    spans[..., 0] = np.where(seen, np.minimum(left, spans[..., 0]), spans[..., 0])
+    spans[..., 1] = np.where(seen, np.maximum(right, spans[..., 1]), spans[..., 1])
+    return torch.tensor(spans, dtype=torch.float32)
+
+
 def window_augment(spec: EncodingSpec, cfg: TrainConfig, surfaces) -> WindowAugment | None:
     """``train.augment`` as a ``WindowAugment`` (None when off); mirroring pairs the ground ids of
     the stages' measured ``surfaces``."""
@@ -1173,6 +1203,8 @@ def train_run(
             model.calibrate_blast_zones(*(table.to(device) for table in blast_zones(data)))
         if experiment.model.air_physics and hasattr(model, "calibrate_air_physics"):
             model.calibrate_air_physics(*(table.to(device) for table in air_physics(data)))
+        if experiment.model.ground_from_surfaces and hasattr(model, "calibrate_ground_spans"):
+            model.calibrate_ground_spans(surface_spans(data, surfaces).to(device))
         if experiment.model.ecb_landing and hasattr(model, "calibrate_ecb_landing"):
             model.calibrate_ecb_landing(*(table.to(device) for table in ecb_landings(data, surfaces)))
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)

@@ -317,10 +317,14 @@ class FrameStackMLP(nn.Module):
                 for p in range(NUM_PLAYERS)
             ]
         self.ground_from_surfaces = model.ground_from_surfaces
-        if model.ground_from_surfaces and not model.stage_surfaces:
-            raise ValueError(
-                "model.ground_from_surfaces needs model.stage_surfaces (the surfaces and the ground head)"
-            )
+        if model.ground_from_surfaces:
+            if not model.stage_surfaces:
+                raise ValueError(
+                    "model.ground_from_surfaces needs model.stage_surfaces (the surfaces and the ground head)"
+                )
+            # Where players stood on each surface (no x until ``calibrate_ground_spans``); saved
+            # with the weights.
+            self.register_buffer("ground_span", torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2))
         self.ecb_landing = model.ecb_landing
         if model.ecb_landing:
             if not model.stage_surfaces:
@@ -425,6 +429,12 @@ class FrameStackMLP(nn.Module):
         self.surface_line.copy_(line)
         self.surface_extent.copy_(extent)
         self.surface_known.copy_(known)
+
+    @torch.no_grad()
+    def calibrate_ground_spans(self, spans: torch.Tensor) -> None:
+        """Set the x spans players stood on each surface (``ground_from_surfaces``), as measured by
+        ``train.surface_spans``."""
+        self.ground_span.copy_(spans)
 
     @torch.no_grad()
     def calibrate_flip_tables(self, on_change: torch.Tensor, on_stay: torch.Tensor) -> None:
@@ -765,24 +775,24 @@ class FrameStackMLP(nn.Module):
         respawning: torch.Tensor | None,
     ) -> None:
         """Each player predicted grounded takes the ground id of the known surface it is predicted
-        to stand on: under its predicted x, at most SNAP_DISTANCE above its last position, within
+        to stand on: its predicted x within where players stood on it (``ground_span``), the
+        surface at most SNAP_DISTANCE above its last position, within
         SNAP_DISTANCE of its predicted y (and its ``landing_reach`` more above it); the last
         surface where it still qualifies, else the nearest to its predicted y. A respawning
         player's ground is 0."""
         scale, delta = self.spec.scale("y"), outputs["continuous_delta"].float()
         reach = self.landing_reach(last_ints)[..., None]
-        line, extent = self.surface_line[stage][:, None], self.surface_extent[stage][:, None]  # (B, 1, G, 2)
-        x_next = (last.index_select(1, self.surface_x_cols) + delta.index_select(1, self.surface_x_slots))[
-            ..., None
-        ]
+        line, span = self.surface_line[stage][:, None], self.ground_span[stage][:, None]  # (B, 1, G, 2)
+        x_last = last.index_select(1, self.surface_x_cols).float()
+        x_next = (x_last + delta.index_select(1, self.surface_x_slots))[..., None]
         y_last = last.index_select(1, self.surface_y_cols).float()[..., None]  # (B, P, 1)
         y_next = y_last + delta.index_select(1, self.surface_y_slots)[..., None]
         height = line[..., 0] + line[..., 1] * x_next  # (B, P, G)
         snap = SNAP_DISTANCE * scale
         candidate = (
             self.surface_known[stage][:, None]
-            & (x_next >= extent[..., 0])
-            & (x_next <= extent[..., 1])
+            & (x_next >= span[..., 0])
+            & (x_next <= span[..., 1])
             & (height <= y_last + snap)
             & (y_next - height < snap)
             & (height - y_next < snap + reach)

@@ -573,18 +573,22 @@ def test_ground_from_surfaces_follows_landings_walks_and_respawns_and_holds_othe
     model.calibrate_respawn(
         timers, torch.zeros_like(model.respawn_values), torch.zeros_like(model.respawn_known)
     )
+    # Players stood on the floor up to x = 5.2 (past its extent): a player at 5.1 is still on it.
+    spans = model.surface_extent.clone()
+    spans[SCENE_STAGE, FLOOR, 1] = 5.2
+    model.calibrate_ground_spans(spans)
 
     # Landing from the air on the floor (the last ground was the next segment); walking from the
     # floor onto the next segment; standing on the floor; in the air over the floor.
     landing = air_step(
         model, spec, FALL_ACTION, FALL_ACTION, [-2.0], [1.0], [0.0], x=[-4.0], ground=next_segment
     )
-    walking = air_step(model, spec, 14, 14, [0.0, 0.0], [0.0, 0.0], [1.0, 1.0], x=[5.5, 4.0], grounded=True)
+    walking = air_step(model, spec, 14, 14, [0.0] * 3, [0.0] * 3, [1.0] * 3, x=[5.5, 4.0, 5.1], grounded=True)
     flying = air_step(
         model, spec, FALL_ACTION, FALL_ACTION, [0.0], [30.0], [0.0], x=[-4.0], ground=next_segment
     )
     assert landing["ground"].tolist() == [FLOOR]
-    assert walking["ground"].tolist() == [next_segment, FLOOR]
+    assert walking["ground"].tolist() == [next_segment, FLOOR, FLOOR]
     assert flying["ground"].tolist() == [next_segment]
     # A respawning player's ground id is 0.
     float_ctx = torch.zeros(1, 10, spec.float_per_frame)
