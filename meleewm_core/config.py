@@ -253,10 +253,10 @@ class ModelConfig(StrictModel):
     # it back; and a player holding the stick down falls through a platform. exp-7l's air rule
     # landed players as the position crossed the line: 40 of its landings on the issue 5 split's
     # validation game came 1-3 frames early. With this option the air rule lands a player where
-    # its ECB crosses a surface it may not fall through, and starts the action landings from the
-    # player's action start (a fall's Landing, an aerial's landing lag); a player up to that depth
-    # below a line is placed on it when predicted grounded, and ground_from_surfaces finds it
-    # there. ``train.ecb_landings`` measures the depths per character and action, the surfaces
+    # its ECB crosses a surface it may not fall through, and starts the action landings from its
+    # last action start (a fall's Landing, an aerial's landing lag); a player coming down up to
+    # that depth below a line is placed on it when predicted grounded, and ground_from_surfaces
+    # finds it there. ``train.ecb_landings`` measures the depths per character and action, the surfaces
     # players fall through holding down and the landing actions on the training games. Saved with
     # the weights; applied to predictions, not in training. Needs stage_surfaces.
     ecb_landing: bool = False

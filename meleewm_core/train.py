@@ -923,7 +923,12 @@ def ecb_landings(
                     + 1
                 )
                 landed = on_ground[t + 1] & (ground[t + 1] == surface)
-                t, landed = t[landed | ~on_ground[t + 1]], landed[landed | ~on_ground[t + 1]]
+                # Still over the surface, or landed on it: a player who drifted off its edge
+                # neither landed nor fell through.
+                kept = landed | (~on_ground[t + 1] & under[t + 1])
+                t, landed = t[kept], landed[kept]
+                # The landing frame's fall, had it not landed, taken as the last frame's: a little
+                # short while the fall still speeds up.
                 fallen = depth[t] + np.maximum(y[t - 1] - y[t], 0) / y_scale
                 columns = [character[t], action[t], stage[t], np.full(len(t), surface), depth[t]]
                 columns += [np.where(landed, fallen, depth[t + 1]), landed, stick[t + 1] < -FAST_FALL_STICK]
@@ -965,15 +970,19 @@ def ecb_landings(
 
 
 def most_agreed_depth(above: np.ndarray, reached: np.ndarray) -> float:
-    """The depth (>= 0) inside the most of the bounds (``above``, ``reached``]: the middle of the
-    first stretch where the most bounds overlap."""
-    points = np.r_[np.maximum(above, 0), np.maximum(reached, 0)]
-    # Opening bounds count before closing ones at the same depth: (a, r] holds r itself.
-    steps = np.r_[np.ones(len(above)), -np.ones(len(reached))]
-    order = np.lexsort((-steps, points))
-    covered = np.cumsum(steps[order])
-    best = int(np.argmax(covered))
-    return float((points[order][best] + points[order][min(best + 1, len(points) - 1)]) / 2)
+    """The depth (>= 0) inside the most of the bounds (``above``, ``reached``]: the middle of
+    the stretch those bounds share, the first such stretch on ties. Empty bounds are left out."""
+    low, high = np.maximum(above, 0), np.maximum(reached, 0)
+    low, high = low[high > low], high[high > low]
+    if not len(low):
+        return 0.0
+    # The most-covered depths include a bound's upper end: try each, counting the bounds
+    # a < depth <= r that hold it.
+    ends = np.sort(high)
+    held = np.searchsorted(np.sort(low), ends, side="left") - np.searchsorted(ends, ends, side="left")
+    depth = ends[int(np.argmax(held))]
+    holding = (low < depth) & (depth <= high)
+    return float((low[holding].max() + high[holding].min()) / 2)
 
 
 def stage_surfaces(

@@ -118,6 +118,7 @@ class FrameStackMLP(nn.Module):
                 "surface_x_cols": [spec.float_col(p, "x") for p in players],
                 "surface_y_cols": [spec.float_col(p, "y") for p in players],
                 "surface_on_ground_cols": [spec.float_col(p, "on_ground") for p in players],
+                "surface_speed_cols": [spec.float_col(p, "self_y") for p in players],
                 "surface_x_slots": [
                     self.layout.continuous_cols.index(spec.float_col(p, "x")) for p in players
                 ],
@@ -485,9 +486,10 @@ class FrameStackMLP(nn.Module):
         self.surface_passable.copy_(passable)
         self.landing_action.copy_(landing_action)
 
-    def landing_reach(self, last_ints: torch.Tensor) -> torch.Tensor:
+    def landing_reach(self, last: torch.Tensor, last_ints: torch.Tensor) -> torch.Tensor:
         """(B, players) how far below a surface's line, in encoded y, each player's position may
-        be while its ECB is still above it: 0 without ``ecb_landing`` or in training."""
+        be while its ECB is still above it: 0 for a player going up (an ECB lands only coming
+        down), without ``ecb_landing`` and in training."""
         if not self.ecb_landing or self.training:
             return torch.zeros(len(last_ints), NUM_PLAYERS, device=last_ints.device)
         spec = self.spec
@@ -498,7 +500,8 @@ class FrameStackMLP(nn.Module):
             ]
             for p in range(NUM_PLAYERS)
         ]
-        return torch.stack(depth, 1) * spec.scale("y")
+        rising = last.index_select(1, self.surface_speed_cols).float() > 0
+        return torch.where(rising, 0.0, torch.stack(depth, 1) * spec.scale("y"))
 
     @torch.no_grad()
     def calibrate_invulnerable_hurtbox(self, states: torch.Tensor) -> None:
@@ -615,12 +618,15 @@ class FrameStackMLP(nn.Module):
         vertical speed a rule pins (a known take-off on a jump's first frame; the fall speed
         reached, held or switched to the fast fall by a tap down; the fast-fall speed, held) gets
         the rule's next speed, its knockback decayed by ``KNOCKBACK_DECAY``, and y moved by both,
-        stopped on the known surface beneath (landing there)."""
+        stopped on the highest known surface whose line it crosses (landing there). With
+        ``ecb_landing`` the crossing is its ECB's (``landing_reach`` above the position), a
+        passable surface is fallen through with the stick held down, and a landing starts the
+        action the training games' landings from the last action start."""
         spec, controls = self.spec, len(CONTROLLER_FIELDS)
         speed_scale, knockback_scale, y_scale = (spec.scale(n) for n in ("self_y", "knockback_x", "y"))
         delta = outputs["continuous_delta"].float()
         last = last_floats.float()
-        reach = self.landing_reach(last_ints)
+        reach = self.landing_reach(last, last_ints)
         grounded = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits) > 0
         landings = []
         for p, slot in enumerate(self.air_slots):
@@ -680,8 +686,9 @@ class FrameStackMLP(nn.Module):
                 delta[:, slot[name]] = torch.where(applies, value - now(name), delta[:, slot[name]])
             landings.append(lands)
             if self.ecb_landing:
-                # A landing starts the action the training games' landings from it start.
-                landing = self.landing_action[action]
+                # A landing starts the action the training games' landings from the last one start.
+                last_action = last_ints[:, spec.int_col(p, "action")].clamp(max=len(self.landing_action) - 1)
+                landing = self.landing_action[last_action]
                 self.decide_action(outputs, p, lands & (landing >= 0), landing)
         outputs["continuous_delta"] = delta
         on_ground = outputs["binary_logits"].index_select(1, self.surface_on_ground_logits)
@@ -781,7 +788,7 @@ class FrameStackMLP(nn.Module):
         surface where it still qualifies, else the nearest to its predicted y. A respawning
         player's ground is 0."""
         scale, delta = self.spec.scale("y"), outputs["continuous_delta"].float()
-        reach = self.landing_reach(last_ints)[..., None]
+        reach = self.landing_reach(last, last_ints)[..., None]
         line, span = self.surface_line[stage][:, None], self.ground_span[stage][:, None]  # (B, 1, G, 2)
         x_last = last.index_select(1, self.surface_x_cols).float()
         x_next = (x_last + delta.index_select(1, self.surface_x_slots))[..., None]
@@ -825,7 +832,7 @@ class FrameStackMLP(nn.Module):
         """The continuous deltas with each player whom the heads put on the ground of a known surface
         moved to that surface's height at the predicted x (a landing player may be up to its
         ``landing_reach`` below the line)."""
-        reach = self.landing_reach(last_ints)
+        reach = self.landing_reach(last, last_ints)
         delta = outputs["continuous_delta"].float()
         tolerance = SURFACE_TOLERANCE * self.spec.scale("y")
         ground = torch.stack([outputs[key].argmax(1) for key in self.ground_heads], dim=1)  # (B, P)

@@ -524,7 +524,7 @@ def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_
 def test_ecb_landing_lands_a_fall_only_once_the_ecb_crosses_and_lets_the_stick_drop_through_a_platform():
     platform = 4
     surfaces = ((FLOOR, 0.0, (-5.0, 5.0)), (platform, 3.0, (-1.0, 1.0)))
-    encoding, spec, model = air_model(surfaces, ecb_landing=True)
+    encoding, spec, model = air_model(surfaces, ecb_landing=True, held_categoricals=("ground",))
     depth, known = (
         torch.zeros_like(model.landing_depth),
         torch.zeros_like(model.landing_depth, dtype=torch.bool),
@@ -548,13 +548,24 @@ def test_ecb_landing_lands_a_fall_only_once_the_ecb_crosses_and_lets_the_stick_d
     torch.testing.assert_close(step["y"], torch.tensor([-1.0, 0.0, 2.0, 3.0]), atol=1e-4, rtol=0)
     assert (step["on_ground"] > 0).tolist() == [False, True, False, True]
     assert step["action"].tolist() == [FALL_ACTION, 42, FALL_ACTION, 42]  # the fall's Landing
-    # The stick held down drops through the platform, not through the floor.
+    # The stick held down drops through the platform, not through the floor (a tap down from
+    # the fall speed: the fast fall, 3 a frame).
     step = fall([2.5, -0.5], [0.0, -4.0], stick=0.0)
     assert (step["on_ground"] > 0).tolist() == [False, True]
-    torch.testing.assert_close(
-        step["y"], torch.tensor([-0.5, 0.0]), atol=1e-4, rtol=0
-    )  # a fast fall: 3 a frame
-    # Without the rule's depths (or in training) the position's crossing lands the player.
+    torch.testing.assert_close(step["y"], torch.tensor([-0.5, 0.0]), atol=1e-4, rtol=0)
+
+    # A player the heads land (Landing, grounded) one unit below the floor's line is put on it
+    # coming down, within its ECB's depth; not going up, and not in training.
+    def land(speed):
+        return air_step(model, spec, 42, FALL_ACTION, [speed], [-1.0], [0.0], x=[-4.0], grounded=True)[
+            "y"
+        ].item()
+
+    assert abs(land(-2.0)) < 1e-4 and abs(land(1.0) + 1.0) < 1e-4
+    model.train()
+    assert abs(land(-2.0) + 1.0) < 1e-4
+    model.eval()
+    # Without the rule's depths the position's crossing lands the player.
     model.calibrate_ecb_landing(depth, torch.zeros_like(known), passable, model.landing_action)
     assert fall([1.0], [-4.0])["on_ground"].item() > 0
 
@@ -600,11 +611,10 @@ def test_ground_from_surfaces_follows_landings_walks_and_respawns_and_holds_othe
     with torch.no_grad():
         outputs = model(float_ctx, ints, torch.zeros(1, spec.ctrl_conditioning_dim))
     assert outputs["p0_ground_logits"].argmax(1).item() == 0
-    # Training keeps the held ground.
+    # Training keeps the held ground, even walking onto the next segment.
     model.train()
-    assert air_step(
-        model, spec, FALL_ACTION, FALL_ACTION, [-2.0], [1.0], [0.0], x=[-4.0], ground=next_segment
-    )["ground"].tolist() == [next_segment]
+    walking = air_step(model, spec, 14, 14, [0.0], [0.0], [1.0], x=[5.5], grounded=True, ground=FLOOR)
+    assert walking["ground"].tolist() == [FLOOR]
 
     with pytest.raises(ValueError, match="stage_surfaces"):
         build_model(encoding, ModelConfig(heads="full_state", ground_from_surfaces=True))

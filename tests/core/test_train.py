@@ -684,9 +684,15 @@ def test_ecb_landings_keep_airborne_the_falls_the_positions_crossing_landed_earl
     on_ground = [model.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in range(2)]
     hitlag = [model.layout.continuous_cols.index(spec.float_col(p, "hitlag")) for p in range(2)]
     early = {}
-    for depths_known in (torch.zeros_like(known), known):
-        model.calibrate_ecb_landing(depth, depths_known, passable, landing_action)
-        rule = "ecb" if depths_known.any() else "crossing"
+    # exp-7l's rule (no depth, nothing passable, no landing action), then the ECB's.
+    crossing = (
+        torch.zeros_like(depth),
+        torch.zeros_like(known),
+        torch.zeros_like(passable),
+        -torch.ones_like(landing_action),
+    )
+    for rule, tables in (("crossing", crossing), ("ecb", (depth, known, passable, landing_action))):
+        model.calibrate_ecb_landing(*tables)
         early[rule] = 0
         for floats, batch, outputs in predicted_windows(model, spec, data):
             if not floats[:, [spec.float_col(p, "self_y") for p in range(2)]].any():
