@@ -178,7 +178,7 @@ class ModelConfig(StrictModel):
     # frames, 2 of them right, where 88 changed, and ground on 17, 1 right, where 165 changed
     # (mostly landings on another surface; taking the surface beneath a predicted landing got 1 of
     # them right). Holding the ground id keeps a landing player's placement on the last surface
-    # touched.
+    # touched. hit_tables and ground_from_surfaces later decide these two where they know better.
     held_categoricals: tuple[str, ...] = ()
     # The hurtbox state is 0 (vulnerable) exactly where the invulnerable binary is 0, and keeps its
     # value while the player stays invulnerable (99.6% of its changes on "two" are flips of the
