@@ -1049,8 +1049,8 @@ def surface_spans(
     within ``tolerance`` game units of its line); the surface's extent where none did. Where two
     segments of a floor meet, the extents (quantiles) leave a gap the spans close."""
     spec = data.spec
-    line, extent, known = surfaces
-    spans = extent.clone().double().numpy()
+    line, known = surfaces[0].double().numpy(), surfaces[2].numpy()
+    spans = surfaces[1].double().numpy().copy()
     left, right = np.full(known.shape, np.inf), np.full(known.shape, -np.inf)
     limit = tolerance * spec.scale("y")
     for _, floats, ints in data.game_rows("train"):
@@ -1058,10 +1058,8 @@ def surface_spans(
         for p in range(NUM_PLAYERS):
             ground = np.asarray(ints[:, spec.int_col(p, "ground")], dtype=np.int64)
             x, y = (np.asarray(floats[:, spec.float_col(p, axis)], dtype=np.float64) for axis in "xy")
-            grounded = (np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5) & known.numpy()[
-                stage, ground
-            ]
-            a, b = line.double().numpy()[stage, ground].T
+            grounded = (np.asarray(floats[:, spec.float_col(p, "on_ground")]) > 0.5) & known[stage, ground]
+            a, b = line[stage, ground].T
             on = grounded & (np.abs(a + b * x - y) <= limit)
             np.minimum.at(left, (stage[on], ground[on]), x[on])
             np.maximum.at(right, (stage[on], ground[on]), x[on])
