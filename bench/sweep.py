@@ -15,9 +15,9 @@ the rollout position error at steps 1-60 for the model, persistence and constant
 ``--budget-s`` skips the jobs that would start after it; ``--out`` also writes the list as JSON.
 ``--ablate NAME`` scores the same checkpoint again, one step ahead on the validation games and
 rolled out, with the model's rule NAME (``respawn_sequence``, ``blast_zones``, ``air_physics``,
-``hit_tables``, ``hurtbox_from_invulnerable``, ``ecb_landing``, ``ground_from_surfaces``) switched
-off, and with it on on the same windows, so a rule's effect is measured without a second
-training's noise; a rule the experiment does not use is an error.
+``hit_tables``, ``hurtbox_from_invulnerable``, ``ecb_landing``, ``ground_from_surfaces``,
+``action_tables``) switched off, and with it on on the same windows, so a rule's effect is
+measured without a second training's noise; a rule the experiment does not use is an error.
 """
 
 from __future__ import annotations

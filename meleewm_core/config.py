@@ -201,6 +201,23 @@ class ModelConfig(StrictModel):
     # not in training (as respawn_sequence). Needs full_state heads and encoding.action_age_as_embed.
     hit_tables: bool = False
     hit_table_size: int = Field(4096, ge=1)
+    # Melee changes a player's action by rules on the action, the frame within it and the
+    # controller: a jump squat becomes a forward or backward jump on its last frame by the stick's
+    # side, a dash a run where the stick stays forward, an animation ends on a fixed frame. The
+    # transition head found 43% of the action changes of the issue 5 split's validation game one
+    # frame ahead (a dash started from standing 4 of 28 times, a dash turned into a run 0 of 20).
+    # With this option, where the training games' players in the same (character, action,
+    # action_age) with the same controller cell (``models.mlp.transition_cell``: each stick's zone,
+    # the main stick's last zone too, and whether each button is pressed, held or released) took
+    # the same next action (or kept theirs) on at least ``action_table_min_frames`` frames and
+    # ``action_table_agreement`` of them, the predicted action is that one. Measured on the
+    # training games (``train.action_tables``; the ``action_table_size`` cells with the most
+    # frames) and saved with the weights; applied to predictions, not in training (as
+    # respawn_sequence). Needs full_state heads and encoding.action_age_as_embed.
+    action_tables: bool = False
+    action_table_size: int = Field(131072, ge=1)
+    action_table_min_frames: int = Field(3, ge=1)
+    action_table_agreement: float = Field(0.9, gt=0.5, le=1.0)
     # Melee's death and respawn run on timers and end in fixed values: a player in a DEAD_* action
     # for 60 frames respawns (REBIRTH) with 0 percent, a full shield, no velocity and at the
     # stage's respawn point. Each happens a few dozen times in the training games, and exp-7i

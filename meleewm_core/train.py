@@ -38,6 +38,7 @@ from meleewm_core.data import FrameData, make_batches, preflight
 from meleewm_core.encoding import (
     BINARY_FIELDS,
     BLAST_SIDES,
+    CONTROLLER_FIELDS,
     DEATH_ACTIONS,
     DEATH_OR_RESPAWN_ACTIONS,
     DEATH_SIDE,
@@ -52,7 +53,7 @@ from meleewm_core.encoding import (
 )
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
-from meleewm_core.models.mlp import FAST_FALL_STICK, hit_cell
+from meleewm_core.models.mlp import FAST_FALL_STICK, hit_cell, transition_cell
 
 CHECKPOINT_FORMAT = 1
 # Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
@@ -677,6 +678,40 @@ def hit_tables(
     )
 
 
+def action_tables(
+    data: FrameData, size: int, min_frames: int, agreement: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the training games' next action is known: each ``models.mlp.transition_cell`` (per
+    character and shared by every character) whose player-frames, at least ``min_frames`` of them,
+    take one next action (their own included) on at least ``agreement`` of them. Returns the cells (sorted; the ``size`` with the most frames) and
+    that action."""
+    spec = data.spec
+    controls = [[spec.float_col(p, name) for name in CONTROLLER_FIELDS] for p in range(NUM_PLAYERS)]
+    cells, nexts = [], []
+    for _, floats, ints in data.game_rows("train"):
+        floats, ints = torch.from_numpy(np.asarray(floats)), torch.from_numpy(np.asarray(ints)).long()
+        for p in range(NUM_PLAYERS):
+            ctrl = floats[:, controls[p]]
+            for any_character in (False, True):
+                cells.append(
+                    transition_cell(floats[:-1], ints[:-1], ctrl[:-1], ctrl[1:], spec, p, any_character)
+                )
+                nexts.append(ints[1:, spec.int_col(p, "action")])
+    if not cells:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    cell, following = torch.cat(cells).numpy(), torch.cat(nexts).numpy()
+    found, where, frames = np.unique(cell, return_inverse=True, return_counts=True)
+    pairs, pair_frames = np.unique(where * spec.vocab("action") + following, return_counts=True)
+    # Per cell its most taken next action: the pairs sorted by frames, the last write wins.
+    order = np.argsort(pair_frames, kind="stable")
+    top_action, top_frames = np.zeros(len(found), dtype=np.int64), np.zeros(len(found), dtype=np.int64)
+    top_action[pairs[order] // spec.vocab("action")] = pairs[order] % spec.vocab("action")
+    top_frames[pairs[order] // spec.vocab("action")] = pair_frames[order]
+    decided = np.flatnonzero((frames >= min_frames) & (top_frames >= agreement * frames))
+    decided = np.sort(decided[np.argsort(-frames[decided], kind="stable")[:size]])
+    return torch.from_numpy(found[decided]), torch.from_numpy(top_action[decided])
+
+
 def respawn_tables(
     data: FrameData, layout: HeadLayout, min_frames: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1204,6 +1239,15 @@ def train_run(
         if experiment.model.hit_tables and hasattr(model, "calibrate_hit_tables"):
             tables = hit_tables(data, experiment.model.hit_table_size)
             model.calibrate_hit_tables(*(table.to(device) for table in tables))
+        if experiment.model.action_tables and hasattr(model, "calibrate_action_tables"):
+            cfg_model = experiment.model
+            tables = action_tables(
+                data,
+                cfg_model.action_table_size,
+                cfg_model.action_table_min_frames,
+                cfg_model.action_table_agreement,
+            )
+            model.calibrate_action_tables(*(table.to(device) for table in tables))
         if experiment.model.respawn_sequence and hasattr(model, "calibrate_respawn"):
             model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
         if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):

@@ -62,6 +62,12 @@ FAST_FALL_STICK = 0.66
 # most from the attacker on each axis.
 HIT_DISTANCE_BIN = 8.0
 HIT_DISTANCE_CELLS = 20
+# ``action_tables``: each stick axis falls in one of five zones (past the smash threshold either
+# way, tilted either way, Melee's deadzone); the shoulder pressed past SHIELD_PRESS shields as L or
+# R does; a button is released, pressed (this frame) or held.
+STICK_ZONE_EDGES = (-0.8, -0.2875, 0.2875, 0.8)
+SHIELD_PRESS = 0.3
+TABLE_BUTTONS = (("A",), ("B",), ("X", "Y"), ("L", "R"), ("Z",))
 # The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
 # that a sigmoid or softmax reads it as certain, finite so the reported losses stay finite.
 DECIDED_LOGIT = 10.0
@@ -262,6 +268,18 @@ class FrameStackMLP(nn.Module):
             self.hit_percent_slots = [
                 self.layout.continuous_cols.index(spec.float_col(p, "percent")) for p in range(NUM_PLAYERS)
             ]
+
+        self.action_tables = model.action_tables
+        if model.action_tables:
+            if model.heads != "full_state" or not encoding.action_age_as_embed:
+                raise ValueError(
+                    "model.action_tables needs heads: full_state (the age heads) and "
+                    "encoding.action_age_as_embed (the frame within the action)"
+                )
+            # Empty (no cell: the heads decide) until ``calibrate_action_tables``; saved with the weights.
+            size = model.action_table_size
+            self.register_buffer("action_cells", torch.full((size,), torch.iinfo(torch.int64).max))
+            self.register_buffer("action_next", torch.zeros(size, dtype=torch.long))
 
         self.respawn_sequence = model.respawn_sequence
         if model.respawn_sequence:
@@ -531,6 +549,57 @@ class FrameStackMLP(nn.Module):
         self.hit_cells[: len(cells)] = cells
         self.hit_move[: len(move)] = move
         self.hit_damage[: len(damage)] = damage
+
+    @torch.no_grad()
+    def calibrate_action_tables(self, cells: torch.Tensor, next_action: torch.Tensor) -> None:
+        """Set the cells whose next action is known (``action_tables``), as measured by
+        ``train.action_tables``; the rest of the table stays empty (a cell no frame has)."""
+        self.action_cells.fill_(torch.iinfo(torch.int64).max)
+        self.action_next.zero_()
+        self.action_cells[: len(cells)] = cells
+        self.action_next[: len(next_action)] = next_action
+
+    def action_from_table(self, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) cells -> each cell's next action in the table and whether it is there."""
+        found = torch.searchsorted(self.action_cells, cell).clamp(max=len(self.action_cells) - 1)
+        return self.action_next[found], self.action_cells[found] == cell
+
+    def follow_action_tables(
+        self,
+        outputs: dict[str, torch.Tensor],
+        last_floats: torch.Tensor,
+        last_ints: torch.Tensor,
+        next_ctrl: torch.Tensor,
+    ) -> None:
+        """Where a player's transition cell is in the table (its character's, else every
+        character's), its predicted action is the cell's: a new action starts at age 0, a kept one
+        ages a frame."""
+        spec, controls = self.spec, len(CONTROLLER_FIELDS)
+        for p in range(NUM_PLAYERS):
+            last_ctrl = last_floats[:, [spec.float_col(p, name) for name in CONTROLLER_FIELDS]]
+            now_ctrl = next_ctrl[:, p * controls : (p + 1) * controls]
+            action, known = self.action_from_table(
+                transition_cell(last_floats, last_ints, last_ctrl, now_ctrl, spec, p)
+            )
+            # The character's own cell first, then every character's.
+            shared, shared_known = self.action_from_table(
+                transition_cell(last_floats, last_ints, last_ctrl, now_ctrl, spec, p, any_character=True)
+            )
+            action, known = torch.where(known, action, shared), known | shared_known
+            last_action = last_ints[:, spec.int_col(p, "action")]
+            self.decide_action(outputs, p, known & (action != last_action), action)
+            key = f"p{p}_action_logits"
+            keeps = known & (action == last_action) & (outputs[key].argmax(1) != last_action)
+            outputs[key] = torch.where(
+                keeps[:, None], decided_logits(last_action, outputs[key]), outputs[key]
+            )
+            for head, _, name, _ in self.layout.logit_heads:
+                if head in self.age_heads and head.startswith(f"p{p}_"):
+                    older = (last_ints[:, spec.int_col(p, name)] + 1).clamp(max=spec.vocab(name) - 1)
+                    outputs.setdefault(f"{head}_raw", outputs[head])
+                    outputs[head] = torch.where(
+                        keeps[:, None], decided_logits(older, outputs[head]), outputs[head]
+                    )
 
     def land_hits(
         self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
@@ -981,6 +1050,8 @@ class FrameStackMLP(nn.Module):
         # as a displacement, and exp-7j trained that way rolled out 0.4-0.7 units further
         # (BENCHMARKS.md); the blast zones' deaths likewise.
         predicting = not self.training
+        if self.action_tables and predicting:
+            self.follow_action_tables(outputs, float_ctx[:, -1], int_ctx[:, -1], next_ctrl)
         if self.respawn_sequence and predicting:
             respawning = self.follow_death_timers(outputs, int_ctx[:, -1])
         if self.blast_zones and predicting:
@@ -1034,6 +1105,56 @@ def stick_features(last: torch.Tensor, now: torch.Tensor, facing: torch.Tensor) 
         centred = 2 * sticks - 1
         features += [centred.abs(), centred[:, ::2] * forward]
     return torch.cat(features, dim=1)
+
+
+def transition_cell(
+    floats: torch.Tensor,
+    ints: torch.Tensor,
+    last_ctrl: torch.Tensor,
+    next_ctrl: torch.Tensor,
+    spec: EncodingSpec,
+    player: int,
+    any_character: bool = False,
+) -> torch.Tensor:
+    """(B,) int64 cell of each frame for ``action_tables``: the player's character (with
+    ``any_character`` one index past every character's, shared by all), action and action_age on
+    the last frame, and its controller: the zone (``STICK_ZONE_EDGES``) of each axis
+    on the next frame (x toward the way the player faces), of the main stick on the last frame too,
+    and whether each of ``TABLE_BUTTONS`` is released, pressed or held. ``last_ctrl`` and
+    ``next_ctrl`` are (B, controller fields) in CONTROLLER_FIELDS' order."""
+    edges = torch.tensor(STICK_ZONE_EDGES, dtype=torch.float64, device=floats.device)
+    forward = 2 * (floats[:, spec.float_col(player, "facing")] > 0.5).double() - 1
+
+    def zone(ctrl: torch.Tensor, name: str) -> torch.Tensor:
+        value = 2 * ctrl[:, CONTROLLER_FIELDS.index(name)].double() - 1
+        return torch.bucketize(value * forward if name.endswith("_x") else value, edges)
+
+    def pressed(ctrl: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        down = torch.stack([ctrl[:, CONTROLLER_FIELDS.index(n)] > 0.5 for n in names]).any(0)
+        if "L" in names:
+            down |= ctrl[:, CONTROLLER_FIELDS.index("shoulder")] > SHIELD_PRESS
+        return down
+
+    character, action, age = (
+        ints[:, spec.int_col(player, name)].long() for name in ("character", "action", "action_age")
+    )
+    if any_character:
+        character = torch.full_like(character, spec.vocab("character"))
+    cell = (character * spec.vocab("action") + action) * spec.vocab("action_age") + age
+    zones = len(STICK_ZONE_EDGES) + 1
+    for ctrl, name in (
+        (next_ctrl, "main_x"),
+        (last_ctrl, "main_x"),
+        (next_ctrl, "main_y"),
+        (last_ctrl, "main_y"),
+    ):
+        cell = cell * zones + zone(ctrl, name)
+    for name in ("c_x", "c_y"):
+        cell = cell * zones + zone(next_ctrl, name)
+    for names in TABLE_BUTTONS:
+        now, before = pressed(next_ctrl, names), pressed(last_ctrl, names)
+        cell = cell * 3 + torch.where(now, torch.where(before, 2, 1), 0)
+    return cell
 
 
 def hit_cell(floats: torch.Tensor, ints: torch.Tensor, spec: EncodingSpec, attacker: int) -> torch.Tensor:

@@ -696,6 +696,53 @@ def test_hit_tables_land_a_hit_in_a_known_cell_only_with_the_defender_in_front()
         build_model(encoding, ModelConfig(hit_tables=True))
 
 
+def test_action_tables_decide_the_next_action_of_a_known_cell_and_keep_one_that_stays():
+    from meleewm_core.encoding import CONTROLLER_FIELDS
+    from meleewm_core.models.mlp import transition_cell
+
+    encoding, spec, model = table_model(action_tables=True, action_table_size=8)
+    assert len(model.action_cells) == 8  # the saved table's size is the config's
+    jump_squat, jump_f, jump_b, guessed = 24, 25, 26, 10
+    float_ctx = torch.zeros(4, 10, spec.float_per_frame)
+    float_ctx[
+        :, :, [spec.float_col(p, name) for p in (0, 1) for name in ("main_x", "main_y", "c_x", "c_y")]
+    ] = 0.5
+    float_ctx[:, :, spec.float_col(0, "facing")] = 1.0
+    ints = torch.zeros(4, 10, spec.int_per_frame, dtype=torch.long)
+    for name, value in (("character", 2), ("action", jump_squat), ("action_age", 4)):
+        ints[:, :, spec.int_col(0, name)] = value
+    ints[3, :, spec.int_col(0, "character")] = 3  # another character, pushing forward like row 0
+    ctrl = torch.zeros(4, spec.ctrl_conditioning_dim)
+    ctrl[:, : len(CONTROLLER_FIELDS)][:, :4] = 0.5
+    main_x = CONTROLLER_FIELDS.index("main_x")
+    ctrl[:, main_x] = torch.tensor([0.95, 0.05, 0.5, 0.95])  # forward, back, neutral, forward
+    last, now = float_ctx[:, -1], ctrl[:, : len(CONTROLLER_FIELDS)]
+    last_ctrl = last[:, [spec.float_col(0, name) for name in CONTROLLER_FIELDS]]
+    own = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0)
+    shared = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0, any_character=True)
+    cells = torch.stack([own[0], shared[1], own[2]])
+    order = cells.argsort()
+    model.calibrate_action_tables(cells[order], torch.tensor([jump_f, jump_b, jump_squat])[order])
+    with torch.no_grad():
+        model.heads.weight.zero_()
+        model.heads.bias.zero_()
+        model.heads.bias[model._head_slice("p0_action_logits").start + guessed] = 5.0  # the heads say 10
+        outputs = model(float_ctx, ints, ctrl)
+    action = outputs["p0_action_logits"].argmax(1)
+    age = outputs["p0_action_age_logits"].argmax(1)
+    # Row 0: the character's own cell; row 1: every character's; row 2: the cell keeps the jump
+    # squat, a frame older; row 3: another character's cell, unknown: the heads'.
+    assert action.tolist() == [jump_f, jump_b, jump_squat, guessed]
+    assert age[:3].tolist() == [0, 0, 5]
+    assert "p0_action_logits_raw" in outputs
+    with torch.no_grad():
+        training = model.train()(float_ctx, ints, ctrl)
+    assert (training["p0_action_logits"].argmax(1) == guessed).all()
+
+    with pytest.raises(ValueError, match="action_age_as_embed"):
+        build_model(EncodingConfig(), ModelConfig(heads="full_state", action_tables=True))
+
+
 def test_categorical_gate_keeps_a_sticky_field_that_a_confident_trunk_would_change():
     encoding = EncodingConfig()
     spec = EncodingSpec(encoding)
