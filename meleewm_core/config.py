@@ -253,6 +253,18 @@ class ModelConfig(StrictModel):
     # with the weights; applied to predictions, not in training (as respawn_sequence). Needs
     # full_state heads and stage_surfaces (the floor).
     air_physics: bool = False
+    # Melee drifts an airborne player horizontally by a rule on the main stick: outside the
+    # deadzone the speed moves toward the stick's share of the character's top air speed by an
+    # acceleration linear in the stick, and inside it air friction slows it; given the action the
+    # rule gives the next speed exactly on 98-99% of the airborne frames of the characters with
+    # the most data (docs/quality-notes.md, eighth update). With this option (with air_physics) a
+    # player predicted airborne outside hitlag in a jump, fall or aerial gets the rule's next air
+    # speed and its knockback decayed; x stays the heads' (moved by those speeds instead, the
+    # issue 5 split's rollouts ended a unit further off at step 60). ``train.air_drift`` measures
+    # the friction, top speed and acceleration per character on the training games, and knows a
+    # character where the rule gives the next speed on at least 90% of its frames there. Saved
+    # with the weights; applied to predictions, not in training.
+    air_drift: bool = False
     # The ground id is the last surface a player touched: it changes where a player lands on
     # another surface, walks onto the next segment of the floor or respawns (to 0), and was held
     # (``held_categoricals``) because the head foresaw almost none of those changes. With this

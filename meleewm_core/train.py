@@ -53,7 +53,14 @@ from meleewm_core.encoding import (
 )
 from meleewm_core.metrics import MetricAccumulator, beats_baseline, compute_loss, format_table, position_loss
 from meleewm_core.models import build_model, count_parameters, predicted_frame
-from meleewm_core.models.mlp import FAST_FALL_STICK, hit_cell, transition_cell
+from meleewm_core.models.mlp import (
+    DRIFT_CONSTANTS,
+    FAST_FALL_STICK,
+    STICK_DEADZONE,
+    air_drift_speed,
+    hit_cell,
+    transition_cell,
+)
 
 CHECKPOINT_FORMAT = 1
 # Short CLI names for the overrides train_run accepts besides dotted keys ("train.lr").
@@ -895,6 +902,70 @@ def air_physics(
     )
 
 
+def air_drift(
+    data: FrameData, min_frames: int = 500, min_exact: float = 0.9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each character's horizontal air drift, as the training games play it: ``drift``
+    (characters, ``DRIFT_CONSTANTS``) and ``known`` (characters,). Over the frames a player stays
+    airborne outside hitlag in a jump, fall or aerial (``FREE_FALL_ACTIONS``), per character with
+    at least ``min_frames`` of them: the friction is the most common slowdown with the main stick
+    in the deadzone, the top speed the most common speed held with the stick fully pushed, and
+    the acceleration the least-squares fit of the speed's change on the stick (and its side) where
+    the speed moves toward the stick without reaching the target. Known where ``air_drift_speed``
+    then gives the next speed within 0.002 units on at least ``min_exact`` of the frames. Games
+    that predate the velocities (every air speed 0) are skipped."""
+    spec = data.spec
+    rows: dict[int, list[np.ndarray]] = {}
+    for _, floats, ints in data.game_rows("train"):
+        for p in range(NUM_PLAYERS):
+
+            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
+                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
+
+            speed = column("self_x_air") / spec.scale("self_x_air")
+            if not speed.any():
+                continue
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
+            drifting = (
+                np.isin(action, FREE_FALL_ACTIONS) & (column("on_ground") < 0.5) & (column("hitlag") <= 0)
+            )
+            kept = drifting[:-1] & drifting[1:]
+            stick = 2 * column("main_x")[1:] - 1
+            frames = np.stack([speed[:-1], speed[1:], stick], axis=1)[kept]
+            for c in np.unique(character[:-1][kept]):
+                rows.setdefault(int(c), []).append(frames[character[:-1][kept] == c])
+    drift = np.zeros((spec.vocab("character"), len(DRIFT_CONSTANTS)), dtype=np.float32)
+    known = np.zeros(spec.vocab("character"), dtype=bool)
+    for c, parts in rows.items():
+        last, after, stick = np.concatenate(parts).T
+        if len(last) < min_frames:
+            continue
+        centred = np.abs(stick) < STICK_DEADZONE
+        slowing = centred & (np.abs(after) > 1e-4) & (np.abs(after) < np.abs(last))
+        pushed = (np.abs(stick) >= 0.99) & (np.round(after - last, 4) == 0) & (np.abs(after) > 0.1)
+        if not slowing.any() or not pushed.any():
+            continue
+        friction = modal(np.abs(last[slowing]) - np.abs(after[slowing]))[0]
+        top_speed = modal(np.abs(after[pushed]))[0]
+        moving = (
+            ~centred
+            & (np.sign(after - last) == np.sign(stick))
+            & (np.abs(after) < np.abs(stick) * top_speed - 1e-3)
+            & (np.abs(after - last) > 1e-4)
+        )
+        if moving.sum() < 2:
+            continue
+        per_stick, base = np.linalg.lstsq(
+            np.stack([stick[moving], np.sign(stick[moving])], axis=1), (after - last)[moving], rcond=None
+        )[0]
+        drift[c] = (friction, top_speed, per_stick, base)
+        constants = torch.from_numpy(drift[c]).double().expand(len(last), -1)
+        rule = air_drift_speed(torch.from_numpy(last), torch.from_numpy(stick), constants).numpy()
+        known[c] = np.mean(np.abs(rule - after) < 2e-3) >= min_exact
+    return torch.from_numpy(drift), torch.from_numpy(known)
+
+
 def ecb_landings(
     data: FrameData,
     surfaces: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -1254,6 +1325,8 @@ def train_run(
             model.calibrate_blast_zones(*(table.to(device) for table in blast_zones(data)))
         if experiment.model.air_physics and hasattr(model, "calibrate_air_physics"):
             model.calibrate_air_physics(*(table.to(device) for table in air_physics(data)))
+        if experiment.model.air_drift and hasattr(model, "calibrate_air_drift"):
+            model.calibrate_air_drift(*(table.to(device) for table in air_drift(data)))
         if experiment.model.ground_from_surfaces and hasattr(model, "calibrate_ground_spans"):
             model.calibrate_ground_spans(surface_spans(data, surfaces).to(device))
         if experiment.model.ecb_landing and hasattr(model, "calibrate_ecb_landing"):

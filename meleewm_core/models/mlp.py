@@ -58,6 +58,8 @@ TRANSITION_AGE_CAP = 64
 # fast fall.
 RULE_TOLERANCE = 1e-3
 FAST_FALL_STICK = 0.66
+# ``air_drift``: Melee's stick deadzone (23/80): inside it air friction slows a drifting player.
+STICK_DEADZONE = 0.2875
 # ``hit_tables``: cells of this many game units (defender relative to attacker), this many at
 # most from the attacker on each axis.
 HIT_DISTANCE_BIN = 8.0
@@ -65,7 +67,7 @@ HIT_DISTANCE_CELLS = 20
 # ``action_tables``: each stick axis falls in one of five zones (past the smash threshold either
 # way, tilted either way, Melee's deadzone); the shoulder pressed past SHIELD_PRESS shields as L or
 # R does; a button is released, pressed (this frame) or held.
-STICK_ZONE_EDGES = (-0.8, -0.2875, 0.2875, 0.8)
+STICK_ZONE_EDGES = (-0.8, -STICK_DEADZONE, STICK_DEADZONE, 0.8)
 SHIELD_PRESS = 0.3
 TABLE_BUTTONS = (("A",), ("B",), ("X", "Y"), ("L", "R"), ("Z",))
 # The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
@@ -331,10 +333,17 @@ class FrameStackMLP(nn.Module):
             self.air_slots = [
                 {
                     name: slots.index(spec.float_col(p, name))
-                    for name in ("y", "self_y", "knockback_x", "knockback_y", "hitlag")
+                    for name in ("y", "self_x_air", "self_y", "knockback_x", "knockback_y", "hitlag")
                 }
                 for p in range(NUM_PLAYERS)
             ]
+        self.air_drift = model.air_drift
+        if model.air_drift:
+            if not model.air_physics:
+                raise ValueError("model.air_drift needs model.air_physics (the airborne players it moves)")
+            # No character known (the heads decide) until ``calibrate_air_drift``; saved with the weights.
+            self.register_buffer("drift", torch.zeros(spec.vocab("character"), len(DRIFT_CONSTANTS)))
+            self.register_buffer("drift_known", torch.zeros(spec.vocab("character"), dtype=torch.bool))
         self.ground_from_surfaces = model.ground_from_surfaces
         if model.ground_from_surfaces:
             if not model.stage_surfaces:
@@ -493,6 +502,12 @@ class FrameStackMLP(nn.Module):
         self.fall_known.copy_(fall_known)
         self.take_offs.copy_(take_offs)
         self.take_off_known.copy_(take_off_known)
+
+    @torch.no_grad()
+    def calibrate_air_drift(self, drift: torch.Tensor, known: torch.Tensor) -> None:
+        """Set each character's air drift constants (``air_drift``), as measured by ``train.air_drift``."""
+        self.drift.copy_(drift)
+        self.drift_known.copy_(known)
 
     @torch.no_grad()
     def calibrate_ecb_landing(
@@ -690,7 +705,9 @@ class FrameStackMLP(nn.Module):
         stopped on the highest known surface whose line it crosses (landing there). With
         ``ecb_landing`` the crossing is its ECB's (``landing_reach`` above the position), a
         passable surface is fallen through with the stick held down, and a landing starts the
-        action the training games' landings from the last action start."""
+        action the training games' landings from the last action start. With ``air_drift`` every
+        player predicted airborne outside hitlag in those actions also gets Melee's horizontal air
+        speed (``air_drift_speed``) and its knockback decayed."""
         spec, controls = self.spec, len(CONTROLLER_FIELDS)
         speed_scale, knockback_scale, y_scale = (spec.scale(n) for n in ("self_y", "knockback_x", "y"))
         delta = outputs["continuous_delta"].float()
@@ -753,6 +770,19 @@ class FrameStackMLP(nn.Module):
             }
             for name, value in values.items():
                 delta[:, slot[name]] = torch.where(applies, value - now(name), delta[:, slot[name]])
+            if self.air_drift:
+                drifting = self.free_fall[action] & airborne & calm & self.drift_known[character]
+                air_scale = spec.scale("self_x_air")
+                stick_x = 2 * ctrl[:, CONTROLLER_FIELDS.index("main_x")] - 1
+                drift = air_drift_speed(now("self_x_air") / air_scale, stick_x, self.drift[character])
+                # x stays the heads': moved by these speeds too, rollouts ended further off at
+                # step 60 (docs/quality-notes.md, tenth update).
+                drifted = {
+                    "self_x_air": drift * air_scale,
+                    "knockback_x": knockback_x * keep * knockback_scale,
+                }
+                for name, value in drifted.items():
+                    delta[:, slot[name]] = torch.where(drifting, value - now(name), delta[:, slot[name]])
             landings.append(lands)
             if self.ecb_landing:
                 # A landing starts the action the training games' landings from the last one start.
@@ -1105,6 +1135,26 @@ def stick_features(last: torch.Tensor, now: torch.Tensor, facing: torch.Tensor) 
         centred = 2 * sticks - 1
         features += [centred.abs(), centred[:, ::2] * forward]
     return torch.cat(features, dim=1)
+
+
+# ``air_drift_speed``'s constants per character, in this order (game units per frame).
+DRIFT_CONSTANTS = ("friction", "top_speed", "acceleration_per_stick", "acceleration")
+
+
+def air_drift_speed(speed: torch.Tensor, stick: torch.Tensor, drift: torch.Tensor) -> torch.Tensor:
+    """Melee's next horizontal air speed (B,) from the last one (B,), the main stick's x (B,; -1..1)
+    and the character's ``DRIFT_CONSTANTS`` (B, 4): inside the deadzone friction slows the speed to
+    0; outside it the speed moves toward stick x top speed by acceleration_per_stick x stick plus
+    acceleration toward the stick's side, and a speed already past that target the same way slows
+    toward it by the friction."""
+    friction, top_speed, per_stick, base = drift.unbind(1)
+    slowed = speed.sign() * (speed.abs() - friction).clamp_min(0)
+    target = stick * top_speed
+    pushed = speed + per_stick * stick + base * stick.sign()
+    toward = torch.where(stick > 0, torch.minimum(pushed, target), torch.maximum(pushed, target))
+    past = (speed * stick > 0) & (speed.abs() > target.abs())
+    held_back = speed.sign() * torch.maximum(speed.abs() - friction, target.abs())
+    return torch.where(stick.abs() < STICK_DEADZONE, slowed, torch.where(past, held_back, toward))
 
 
 def transition_cell(

@@ -430,12 +430,15 @@ def air_step(
     stick=0.5,
     grounded=False,
     ground=FLOOR,
+    air_speed=None,
+    stick_x=0.5,
 ):
     """Player 0's (FALLER's) next frame on SCENE_STAGE: self_y and y in game units, knockback_y,
     the on_ground logit, the predicted ground id and action, with the heads set to predict
     ``predicted_action``, airborne (or ``grounded``), and no change of any continuous field. Per
-    row: the last ``speed``, ``y`` (game units), ``on_ground`` and ``x`` (encoded); the main
-    stick's y goes from neutral to ``stick`` (encoded: 0 is fully down)."""
+    row: the last ``speed``, ``y`` (game units), ``on_ground``, ``x`` (encoded) and ``air_speed``
+    (self_x_air, game units); the main stick's y goes from neutral to ``stick`` (encoded: 0 is
+    fully down), its x is ``stick_x``."""
     rows = len(speed)
     float_ctx = torch.zeros(rows, 10, spec.float_per_frame)
     ints = torch.zeros(rows, 10, spec.int_per_frame, dtype=torch.long)
@@ -449,11 +452,14 @@ def air_step(
     last[:, spec.float_col(0, "on_ground")] = torch.tensor(on_ground)
     if x is not None:
         last[:, spec.float_col(0, "x")] = torch.tensor(x)
+    if air_speed is not None:
+        last[:, spec.float_col(0, "self_x_air")] = torch.tensor(air_speed) * spec.scale("self_x_air")
     last[:, spec.float_col(0, "knockback_x")] = knockback[0] * spec.scale("knockback_x")
     last[:, spec.float_col(0, "knockback_y")] = knockback[1] * spec.scale("knockback_y")
     last[:, spec.float_col(0, "main_y")] = 0.5
     ctrl = torch.zeros(rows, spec.ctrl_conditioning_dim)
     ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_y"))] = stick
+    ctrl[:, spec.controller_cols.index(spec.float_col(0, "main_x"))] = torch.as_tensor(stick_x)
     ctrl[:, spec.controller_cols.index(spec.float_col(0, "X"))] = float(held)
     with torch.no_grad():
         net.heads.weight.zero_()
@@ -462,7 +468,10 @@ def air_step(
         on_ground_logit = net.layout.binary_cols.index(spec.float_col(0, "on_ground"))
         net.heads.bias[net._head_slice("binary_logits").start + on_ground_logit] = 40.0 if grounded else -40.0
         outputs = net(float_ctx, ints, ctrl)
-    slot = {n: net.layout.continuous_cols.index(spec.float_col(0, n)) for n in ("self_y", "y", "knockback_y")}
+    slot = {
+        n: net.layout.continuous_cols.index(spec.float_col(0, n))
+        for n in ("self_y", "y", "knockback_y", "self_x_air", "x")
+    }
     delta = outputs["continuous_delta"]
 
     def now(name):
@@ -472,6 +481,8 @@ def air_step(
         "self_y": now("self_y"),
         "y": now("y"),
         "knockback_y": now("knockback_y"),
+        "self_x_air": now("self_x_air"),
+        "x": now("x"),
         "on_ground": outputs["binary_logits"][:, on_ground_logit],
         "ground": outputs["p0_ground_logits"].argmax(1),
         "action": outputs["p0_action_logits"].argmax(1),
@@ -519,6 +530,43 @@ def test_air_physics_pins_a_falling_or_jumping_players_vertical_speed_and_lands_
 
     with pytest.raises(ValueError, match="stage_surfaces"):
         build_model(encoding, ModelConfig(heads="full_state", air_physics=True))
+
+
+def test_air_drift_gives_melees_next_air_speed_and_leaves_x_to_the_heads():
+    from meleewm_core.models.mlp import air_drift_speed
+
+    drift = torch.tensor([0.02, 0.8, 0.05, 0.02])  # friction, top speed, per stick, constant
+    # Neutral stick: friction to 0; pushed: toward stick x top speed, capped there; past a weaker
+    # stick's target the same way: friction down to it; the other way: the push.
+    speed = torch.tensor([0.5, 0.01, 0.0, 0.78, 1.0, 0.5])
+    stick = torch.tensor([0.1, -0.2, 1.0, 1.0, 0.5, -1.0])
+    torch.testing.assert_close(
+        air_drift_speed(speed, stick, drift.expand(6, -1)), torch.tensor([0.48, 0.0, 0.07, 0.8, 0.98, 0.43])
+    )
+    encoding, spec, model = air_model(air_drift=True)
+    constants, known = torch.zeros_like(model.drift), torch.zeros_like(model.drift_known)
+    constants[FALLER], known[FALLER] = drift, True
+    model.calibrate_air_drift(constants, known)
+    x = [0.2, 0.2, 0.2]
+    step = air_step(
+        model, spec, FALL_ACTION, FALL_ACTION, [-1.0] * 3, [50.0] * 3, [0.0] * 3,
+        x=x, air_speed=[0.5, 0.0, 0.5], stick_x=torch.tensor([0.5, 1.0, 0.0]),
+    )  # fmt: skip
+    torch.testing.assert_close(step["self_x_air"], torch.tensor([0.48, 0.07, 0.43]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(step["x"] * spec.scale("x"), torch.tensor(x))  # the heads' "no change"
+    # Grounded, or in training: the heads' own speed.
+    step = air_step(
+        model, spec, FALL_ACTION, FALL_ACTION, [0.0], [0.0], [1.0], air_speed=[0.5], grounded=True
+    )
+    assert step["self_x_air"].item() == pytest.approx(0.5)
+    model.train()
+    step = air_step(
+        model, spec, FALL_ACTION, FALL_ACTION, [-1.0], [50.0], [0.0], air_speed=[0.5], stick_x=1.0
+    )
+    assert step["self_x_air"].item() == pytest.approx(0.5)
+
+    with pytest.raises(ValueError, match="air_physics"):
+        build_model(encoding, ModelConfig(heads="full_state", air_drift=True))
 
 
 def test_ecb_landing_lands_a_fall_only_once_the_ecb_crosses_and_lets_the_stick_drop_through_a_platform():

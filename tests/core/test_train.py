@@ -827,3 +827,38 @@ def test_action_tables_hold_melees_jump_squat_and_call_validation_transitions_th
             broke += int((moved & (alone == real)).sum())
     print("tables: action changes called that the heads missed, heads' right calls changed:", fixed, broke)
     assert fixed > 2 * broke and fixed >= 20, (fixed, broke)
+
+
+def test_air_drift_measures_melees_constants_and_gives_the_real_air_speed(root):
+    from meleewm_core.encoding import FREE_FALL_ACTIONS
+    from meleewm_core.models.mlp import air_drift_speed
+    from meleewm_core.train import air_drift
+
+    exp, spec, data = experiment_file_data("exp-7q-air-drift.yaml", root)
+    drift, known = air_drift(data)
+    # Fox (internal id 1) in Melee's character data: air friction 0.02, top air speed 0.83, air
+    # acceleration 0.06 x stick + 0.02.
+    fox = 1
+    assert known[fox]
+    torch.testing.assert_close(drift[fox], torch.tensor([0.02, 0.83, 0.06, 0.02]), atol=1e-4, rtol=0)
+    frames = exact = 0
+    # Every game: the validation games' characters are not among the three training games'.
+    for _, floats, ints in game_tensors(data):
+        for p in range(2):
+            speed = floats[:, spec.float_col(p, "self_x_air")].double() / spec.scale("self_x_air")
+            if not speed.any():
+                continue  # a replay older than the velocities
+            character = ints[:, spec.int_col(p, "character")]
+            drifting = (
+                torch.isin(ints[:, spec.int_col(p, "action")], torch.tensor(FREE_FALL_ACTIONS))
+                & (floats[:, spec.float_col(p, "on_ground")] < 0.5)
+                & (floats[:, spec.float_col(p, "hitlag")] <= 0)
+                & known[character]
+            )
+            rows = drifting[:-1] & drifting[1:]
+            stick = 2 * floats[1:, spec.float_col(p, "main_x")].double() - 1
+            rule = air_drift_speed(speed[:-1], stick, drift[character[:-1]].double())
+            frames += int(rows.sum())
+            exact += int(((rule - speed[1:]).abs() < 2e-3)[rows].sum())
+    print("air frames of known characters, next air speed exact:", frames, exact)
+    assert frames >= 1000 and exact >= 0.97 * frames, (frames, exact)
