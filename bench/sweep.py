@@ -16,7 +16,7 @@ the rollout position error at steps 1-60 for the model, persistence and constant
 ``--ablate NAME`` scores the same checkpoint again, one step ahead on the validation games and
 rolled out, with the model's rule NAME (``respawn_sequence``, ``blast_zones``, ``air_physics``,
 ``hit_tables``, ``hurtbox_from_invulnerable``, ``ecb_landing``, ``ground_from_surfaces``,
-``action_tables``, ``air_drift``) switched off, and with it on on the same windows, so a rule's effect is
+``action_tables``, ``air_drift``, ``ground_friction``) switched off, and with it on on the same windows, so a rule's effect is
 measured without a second training's noise; a rule the experiment does not use is an error.
 """
 

@@ -265,6 +265,17 @@ class ModelConfig(StrictModel):
     # character where the rule gives the next speed on at least 90% of its frames there. Saved
     # with the weights; applied to predictions, not in training.
     air_drift: bool = False
+    # Melee slows a grounded player in most actions (standing, crouching, landing lag, most
+    # attacks) by the character's ground friction each frame, down to 0, while walking, dashing
+    # and running follow the stick. With this option a player predicted grounded outside hitlag
+    # and in the action it is in gets the friction's next ground speed where, on the training
+    # games, that character's frames in that action (at least 30, 10 of them moving) follow it on
+    # 97% or more. ``train.ground_friction`` measures each character's friction (the most common
+    # slowdown on the ground) and those (character, action) pairs. On the issue 5 split's
+    # validation game the rule gives the next ground speed exactly on every frame of its pairs
+    # (3,432, 1,197 of them moving, where persistence is never right). Saved with the weights;
+    # applied to predictions, not in training. Needs full_state heads (the velocity heads).
+    ground_friction: bool = False
     # The ground id is the last surface a player touched: it changes where a player lands on
     # another surface, walks onto the next segment of the floor or respawns (to 0), and was held
     # (``held_categoricals``) because the head foresaw almost none of those changes. With this

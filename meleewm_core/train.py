@@ -966,6 +966,52 @@ def air_drift(
     return torch.from_numpy(drift), torch.from_numpy(known)
 
 
+def ground_friction(
+    data: FrameData, min_frames: int = 30, min_moving: int = 10, min_exact: float = 0.97
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where Melee's ground friction alone moves a player, as the training games play it:
+    ``friction`` (characters,), each character's most common slowdown of the ground speed
+    (self_x_ground) from one frame to the next, over the frames it stays grounded, outside hitlag
+    and in the same action; ``sliding`` (characters, actions), True where at least ``min_frames``
+    such frames (``min_moving`` of them moving) take the friction's next speed (the speed slowed
+    by it, down to 0) within 0.002 units on at least ``min_exact`` of them. Games that predate the
+    velocities (every ground speed 0) are skipped."""
+    spec = data.spec
+    characters, actions = spec.vocab("character"), spec.vocab("action")
+    parts = []
+    for _, floats, ints in data.game_rows("train"):
+        for p in range(NUM_PLAYERS):
+
+            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
+                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
+
+            speed = column("self_x_ground") / spec.scale("self_x_ground")
+            if not speed.any():
+                continue
+            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
+            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
+            steady = (column("on_ground") > 0.5) & (column("hitlag") <= 0)
+            kept = steady[:-1] & steady[1:] & (action[:-1] == action[1:])
+            parts.append(np.stack([character[:-1], action[:-1], speed[:-1], speed[1:]], axis=1)[kept])
+    friction = np.zeros(characters, dtype=np.float32)
+    sliding = np.zeros((characters, actions), dtype=bool)
+    if not parts:
+        return torch.from_numpy(friction), torch.from_numpy(sliding)
+    character, action, last, after = np.concatenate(parts).T
+    character, action = character.astype(np.int64), action.astype(np.int64)
+    slowing = (np.abs(after) > 1e-4) & (np.abs(after) < np.abs(last)) & (np.sign(after) == np.sign(last))
+    for c in np.unique(character[slowing]):
+        friction[c] = modal((np.abs(last) - np.abs(after))[slowing & (character == c)])[0]
+    slowed = np.sign(last) * np.maximum(np.abs(last) - friction[character], 0)
+    cell = character * actions + action
+    frames = np.bincount(cell, minlength=characters * actions)
+    moving = np.bincount(cell, weights=np.abs(last) > 1e-4, minlength=characters * actions)
+    exact = np.bincount(cell, weights=np.abs(slowed - after) < 2e-3, minlength=characters * actions)
+    held = (frames >= min_frames) & (moving >= min_moving) & (exact >= min_exact * frames)
+    sliding[:] = held.reshape(characters, actions) & (friction > 0)[:, None]
+    return torch.from_numpy(friction), torch.from_numpy(sliding)
+
+
 def ecb_landings(
     data: FrameData,
     surfaces: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -1327,6 +1373,8 @@ def train_run(
             model.calibrate_air_physics(*(table.to(device) for table in air_physics(data)))
         if experiment.model.air_drift and hasattr(model, "calibrate_air_drift"):
             model.calibrate_air_drift(*(table.to(device) for table in air_drift(data)))
+        if experiment.model.ground_friction and hasattr(model, "calibrate_ground_friction"):
+            model.calibrate_ground_friction(*(table.to(device) for table in ground_friction(data)))
         if experiment.model.ground_from_surfaces and hasattr(model, "calibrate_ground_spans"):
             model.calibrate_ground_spans(surface_spans(data, surfaces).to(device))
         if experiment.model.ecb_landing and hasattr(model, "calibrate_ecb_landing"):

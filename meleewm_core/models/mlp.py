@@ -344,6 +344,26 @@ class FrameStackMLP(nn.Module):
             # No character known (the heads decide) until ``calibrate_air_drift``; saved with the weights.
             self.register_buffer("drift", torch.zeros(spec.vocab("character"), len(DRIFT_CONSTANTS)))
             self.register_buffer("drift_known", torch.zeros(spec.vocab("character"), dtype=torch.bool))
+        self.ground_friction = model.ground_friction
+        if model.ground_friction:
+            if model.heads != "full_state":
+                raise ValueError("model.ground_friction needs heads: full_state (the ground speed head)")
+            # No (character, action) slides (the heads decide) until ``calibrate_ground_friction``;
+            # saved with the weights.
+            self.register_buffer("friction", torch.zeros(spec.vocab("character")))
+            self.register_buffer(
+                "sliding", torch.zeros(spec.vocab("character"), spec.vocab("action"), dtype=torch.bool)
+            )
+            self.friction_slots = [
+                {
+                    n: self.layout.continuous_cols.index(spec.float_col(p, n))
+                    for n in ("self_x_ground", "hitlag")
+                }
+                for p in range(NUM_PLAYERS)
+            ]
+            self.friction_on_ground_logits = [
+                self.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in range(NUM_PLAYERS)
+            ]
         self.ground_from_surfaces = model.ground_from_surfaces
         if model.ground_from_surfaces:
             if not model.stage_surfaces:
@@ -508,6 +528,38 @@ class FrameStackMLP(nn.Module):
         """Set each character's air drift constants (``air_drift``), as measured by ``train.air_drift``."""
         self.drift.copy_(drift)
         self.drift_known.copy_(known)
+
+    @torch.no_grad()
+    def calibrate_ground_friction(self, friction: torch.Tensor, sliding: torch.Tensor) -> None:
+        """Set each character's ground friction and the actions it slides in (``ground_friction``),
+        as measured by ``train.ground_friction``."""
+        self.friction.copy_(friction)
+        self.sliding.copy_(sliding)
+
+    def follow_ground_friction(
+        self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
+    ) -> None:
+        """Each player predicted to stay grounded, outside hitlag, in an action its character slides
+        in gets its ground speed slowed by the character's friction (``ground_friction``)."""
+        spec, scale = self.spec, self.spec.scale("self_x_ground")
+        delta = outputs["continuous_delta"].float()
+        for p, slot in enumerate(self.friction_slots):
+            character, action = (last_ints[:, spec.int_col(p, name)] for name in ("character", "action"))
+            speed = last_floats[:, spec.float_col(p, "self_x_ground")].float() / scale
+            hitlag = last_floats[:, spec.float_col(p, "hitlag")].float()
+            sliding = (
+                self.sliding[character, action]
+                & (outputs[f"p{p}_action_logits"].argmax(1) == action)
+                & (last_floats[:, spec.float_col(p, "on_ground")] > 0.5)
+                & (outputs["binary_logits"][:, self.friction_on_ground_logits[p]] > 0)
+                & (hitlag <= 0)
+                & (hitlag + delta[:, slot["hitlag"]] <= 0)
+            )
+            slowed = speed.sign() * (speed.abs() - self.friction[character]).clamp_min(0)
+            delta[:, slot["self_x_ground"]] = torch.where(
+                sliding, (slowed - speed) * scale, delta[:, slot["self_x_ground"]]
+            )
+        outputs["continuous_delta"] = delta
 
     @torch.no_grad()
     def calibrate_ecb_landing(
@@ -1119,6 +1171,8 @@ class FrameStackMLP(nn.Module):
             if self.ground_from_surfaces:
                 # A landing the air rule decided is on the surface beneath.
                 self.stand_on_surfaces(outputs, float_ctx[:, -1], int_ctx[:, -1], stage, None)
+        if self.ground_friction and predicting:
+            self.follow_ground_friction(outputs, float_ctx[:, -1], int_ctx[:, -1])
         return outputs
 
 

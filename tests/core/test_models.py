@@ -569,6 +569,46 @@ def test_air_drift_gives_melees_next_air_speed_and_leaves_x_to_the_heads():
         build_model(encoding, ModelConfig(heads="full_state", air_drift=True))
 
 
+def test_ground_friction_slows_a_grounded_player_in_a_sliding_action_only():
+    encoding, spec, model = table_model(ground_friction=True)
+    character, wait, dash = 2, 14, 20
+    friction, sliding = torch.zeros_like(model.friction), torch.zeros_like(model.sliding)
+    friction[character], sliding[character, wait] = 0.08, True
+    model.calibrate_ground_friction(friction, sliding)
+    rows = 5
+    float_ctx = torch.zeros(rows, 10, spec.float_per_frame)
+    ints = torch.zeros(rows, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.int_col(0, "character")] = character
+    ints[:, :, spec.int_col(0, "action")] = wait
+    ints[3, :, spec.int_col(0, "action")] = dash  # an action it does not slide in
+    last = float_ctx[:, -1]
+    last[:, spec.float_col(0, "on_ground")] = 1.0
+    last[4, spec.float_col(0, "on_ground")] = 0.0  # airborne
+    speeds = torch.tensor([1.0, -0.5, 0.05, 1.0, 1.0])
+    last[:, spec.float_col(0, "self_x_ground")] = speeds * spec.scale("self_x_ground")
+    slot = model.layout.continuous_cols.index(spec.float_col(0, "self_x_ground"))
+    on_ground = model.layout.binary_cols.index(spec.float_col(0, "on_ground"))
+
+    def predicted_speed(action: int) -> torch.Tensor:
+        with torch.no_grad():
+            model.heads.weight.zero_()
+            model.heads.bias.zero_()
+            model.heads.bias[model._head_slice("p0_action_logits").start + action] = 40.0
+            model.heads.bias[model._head_slice("binary_logits").start + on_ground] = 40.0
+            outputs = model(float_ctx, ints, torch.zeros(rows, spec.ctrl_conditioning_dim))
+        return speeds + outputs["continuous_delta"][:, slot] / spec.scale("self_x_ground")
+
+    # Slowed by the friction down to 0 (either way), in the sliding action only, on the ground only.
+    torch.testing.assert_close(predicted_speed(wait), torch.tensor([0.92, -0.42, 0.0, 1.0, 1.0]))
+    # A predicted change of action is the heads' (no change of speed).
+    torch.testing.assert_close(predicted_speed(dash), speeds)
+    model.train()
+    torch.testing.assert_close(predicted_speed(wait), speeds)
+
+    with pytest.raises(ValueError, match="ground speed head"):
+        build_model(encoding, ModelConfig(ground_friction=True))
+
+
 def test_ecb_landing_lands_a_fall_only_once_the_ecb_crosses_and_lets_the_stick_drop_through_a_platform():
     platform = 4
     surfaces = ((FLOOR, 0.0, (-5.0, 5.0)), (platform, 3.0, (-1.0, 1.0)))

@@ -862,3 +862,33 @@ def test_air_drift_measures_melees_constants_and_gives_the_real_air_speed(root):
             exact += int(((rule - speed[1:]).abs() < 2e-3)[rows].sum())
     print("air frames of known characters, next air speed exact:", frames, exact)
     assert frames >= 1000 and exact >= 0.97 * frames, (frames, exact)
+
+
+def test_ground_friction_measures_melees_friction_and_gives_the_real_ground_speed(root):
+    from meleewm_core.train import ground_friction
+
+    exp, spec, data = experiment_file_data("exp-7r-ground-friction.yaml", root)
+    friction, sliding = ground_friction(data)
+    fox = 1
+    assert friction[fox].item() == pytest.approx(0.08, abs=1e-4)  # Melee's character data
+    assert sliding.any()
+    frames = exact = 0
+    # Every game: the validation games' characters are not among the three training games'.
+    for _, floats, ints in game_tensors(data):
+        for p in range(2):
+            speed = floats[:, spec.float_col(p, "self_x_ground")].double() / spec.scale("self_x_ground")
+            if not speed.any():
+                continue  # a replay older than the velocities
+            character, action = (ints[:, spec.int_col(p, name)] for name in ("character", "action"))
+            steady = (floats[:, spec.float_col(p, "on_ground")] > 0.5) & (
+                floats[:, spec.float_col(p, "hitlag")] <= 0
+            )
+            rows = (
+                steady[:-1] & steady[1:] & (action[:-1] == action[1:]) & sliding[character[:-1], action[:-1]]
+            )
+            slowed = speed[:-1].sign() * (speed[:-1].abs() - friction[character[:-1]].double()).clamp_min(0)
+            moving = speed[:-1].abs() > 1e-4
+            frames += int((rows & moving).sum())
+            exact += int(((slowed - speed[1:]).abs() < 2e-3)[rows & moving].sum())
+    print("moving ground frames in sliding actions, next ground speed exact:", frames, exact)
+    assert frames >= 200 and exact >= 0.97 * frames, (frames, exact)
