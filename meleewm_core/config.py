@@ -210,9 +210,11 @@ class ModelConfig(StrictModel):
     # action_age) with the same controller cell (``models.mlp.transition_cell``: each stick's zone,
     # the main stick's last zone too, and whether each button is pressed, held or released) took
     # the same next action (or kept theirs) on at least ``action_table_min_frames`` frames and
-    # ``action_table_agreement`` of them, the predicted action is that one. Measured on the
-    # training games (``train.action_tables``; the ``action_table_size`` cells with the most
-    # frames) and saved with the weights; applied to predictions, not in training (as
+    # ``action_table_agreement`` of them, the predicted action is that one (a new one starting at
+    # the state_age its starts most often have; a cell that keeps the action does not overrule
+    # heads that see the player's hitlag starting). Measured on the training games
+    # (``train.action_tables``; the ``action_table_size`` cells with the most frames) and saved
+    # with the weights; applied to predictions, not in training (as
     # respawn_sequence). Needs full_state heads and encoding.action_age_as_embed.
     action_tables: bool = False
     action_table_size: int = Field(131072, ge=1)
@@ -258,9 +260,9 @@ class ModelConfig(StrictModel):
     # acceleration linear in the stick, and inside it air friction slows it; given the action the
     # rule gives the next speed exactly on 98-99% of the airborne frames of the characters with
     # the most data (docs/quality-notes.md, eighth update). With this option (with air_physics) a
-    # player predicted airborne outside hitlag in a jump, fall or aerial gets the rule's next air
-    # speed and its knockback decayed; x stays the heads' (moved by those speeds instead, the
-    # issue 5 split's rollouts ended a unit further off at step 60). ``train.air_drift`` measures
+    # player predicted airborne outside hitlag in a jump, fall or aerial (not on a jump's first
+    # frame, which sets the jump's own speed) gets the rule's next air speed and its knockback decayed; x stays the heads' (moved by those speeds instead, the
+    # issue 5 split's rollouts ended half a unit further off at step 60). ``train.air_drift`` measures
     # the friction, top speed and acceleration per character on the training games, and knows a
     # character where the rule gives the next speed on at least 90% of its frames there. Saved
     # with the weights; applied to predictions, not in training.

@@ -687,36 +687,45 @@ def hit_tables(
 
 def action_tables(
     data: FrameData, size: int, min_frames: int, agreement: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the training games' next action is known: each ``models.mlp.transition_cell`` (per
     character and shared by every character) whose player-frames, at least ``min_frames`` of them,
-    take one next action (their own included) on at least ``agreement`` of them. Returns the cells (sorted; the ``size`` with the most frames) and
-    that action."""
+    take one next action (their own included) on at least ``agreement`` (more than half) of them.
+    Returns the cells (sorted; the ``size`` with the most frames), that action, and per action the
+    state_age its first frames most often have (0 where the games start none, or without
+    ``state_age_as_embed``)."""
     spec = data.spec
+    actions = spec.vocab("action")
     controls = [[spec.float_col(p, name) for name in CONTROLLER_FIELDS] for p in range(NUM_PLAYERS)]
+    ages = "state_age" in spec.categorical_fields
     cells, nexts = [], []
+    first_ages = np.zeros((actions, spec.vocab("state_age") if ages else 1), dtype=np.int64)
     for _, floats, ints in data.game_rows("train"):
         floats, ints = torch.from_numpy(np.asarray(floats)), torch.from_numpy(np.asarray(ints)).long()
         for p in range(NUM_PLAYERS):
             ctrl = floats[:, controls[p]]
+            action = ints[:, spec.int_col(p, "action")]
             for any_character in (False, True):
                 cells.append(
                     transition_cell(floats[:-1], ints[:-1], ctrl[:-1], ctrl[1:], spec, p, any_character)
                 )
-                nexts.append(ints[1:, spec.int_col(p, "action")])
+                nexts.append(action[1:])
+            if ages:
+                rows = torch.nonzero(action[1:] != action[:-1]).flatten() + 1
+                starts = (action[rows].numpy(), ints[rows, spec.int_col(p, "state_age")].numpy())
+                np.add.at(first_ages, starts, 1)
+    first_state_age = torch.from_numpy(first_ages.argmax(1))
     if not cells:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), first_state_age
     cell, following = torch.cat(cells).numpy(), torch.cat(nexts).numpy()
     found, where, frames = np.unique(cell, return_inverse=True, return_counts=True)
-    pairs, pair_frames = np.unique(where * spec.vocab("action") + following, return_counts=True)
-    # Per cell its most taken next action: the pairs sorted by frames, the last write wins.
-    order = np.argsort(pair_frames, kind="stable")
-    top_action, top_frames = np.zeros(len(found), dtype=np.int64), np.zeros(len(found), dtype=np.int64)
-    top_action[pairs[order] // spec.vocab("action")] = pairs[order] % spec.vocab("action")
-    top_frames[pairs[order] // spec.vocab("action")] = pair_frames[order]
-    decided = np.flatnonzero((frames >= min_frames) & (top_frames >= agreement * frames))
-    decided = np.sort(decided[np.argsort(-frames[decided], kind="stable")[:size]])
-    return torch.from_numpy(found[decided]), torch.from_numpy(top_action[decided])
+    pairs, pair_frames = np.unique(where * actions + following, return_counts=True)
+    # With agreement above a half, at most one next action per cell qualifies.
+    pair_cell = pairs // actions
+    qualifies = (frames[pair_cell] >= min_frames) & (pair_frames >= agreement * frames[pair_cell])
+    decided, next_action = pair_cell[qualifies], pairs[qualifies] % actions
+    keep = np.sort(np.argsort(-frames[decided], kind="stable")[:size])
+    return torch.from_numpy(found[decided[keep]]), torch.from_numpy(next_action[keep]), first_state_age
 
 
 def respawn_tables(
@@ -930,7 +939,9 @@ def air_drift(
             drifting = (
                 np.isin(action, FREE_FALL_ACTIONS) & (column("on_ground") < 0.5) & (column("hitlag") <= 0)
             )
-            kept = drifting[:-1] & drifting[1:]
+            # A jump's first frame sets the jump's own horizontal speed, not the drift's.
+            new_jump = (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS)
+            kept = drifting[:-1] & drifting[1:] & ~new_jump
             stick = 2 * column("main_x")[1:] - 1
             frames = np.stack([speed[:-1], speed[1:], stick], axis=1)[kept]
             for c in np.unique(character[:-1][kept]):

@@ -64,10 +64,13 @@ STICK_DEADZONE = 0.2875
 # most from the attacker on each axis.
 HIT_DISTANCE_BIN = 8.0
 HIT_DISTANCE_CELLS = 20
-# ``action_tables``: each stick axis falls in one of five zones (past the smash threshold either
-# way, tilted either way, Melee's deadzone); the shoulder pressed past SHIELD_PRESS shields as L or
-# R does; a button is released, pressed (this frame) or held.
-STICK_ZONE_EDGES = (-0.8, -STICK_DEADZONE, STICK_DEADZONE, 0.8)
+# ``action_tables``: each stick axis falls in one of five zones (at or past the smash threshold
+# 0.8 either way, tilted either way, inside Melee's deadzone), decided on Melee's grid of 1/80
+# steps (edges halfway between steps: the float32 encoding puts +0.8 a hair below it and -0.8 a
+# hair past it); the shoulder pressed past SHIELD_PRESS shields as L or R does; a button is
+# released, pressed (this frame) or held.
+STICK_STEPS = 80
+STICK_ZONE_EDGES = (-63.5, -22.5, 22.5, 63.5)
 SHIELD_PRESS = 0.3
 TABLE_BUTTONS = (("A",), ("B",), ("X", "Y"), ("L", "R"), ("Z",))
 # The logit of a value decided outright (a flip table's binary, a held categorical): sure enough
@@ -279,9 +282,22 @@ class FrameStackMLP(nn.Module):
                     "encoding.action_age_as_embed (the frame within the action)"
                 )
             # Empty (no cell: the heads decide) until ``calibrate_action_tables``; saved with the weights.
+            largest = (spec.vocab("character") + 1) * spec.vocab("action") * spec.vocab("action_age")
+            largest *= (len(STICK_ZONE_EDGES) + 1) ** 6 * 3 ** len(TABLE_BUTTONS)
+            if largest >= torch.iinfo(torch.int64).max:
+                raise ValueError(
+                    "model.action_tables: these vocabularies overflow the int64 transition cells"
+                )
             size = model.action_table_size
             self.register_buffer("action_cells", torch.full((size,), torch.iinfo(torch.int64).max))
             self.register_buffer("action_next", torch.zeros(size, dtype=torch.long))
+            # The state_age each action most often starts at (0 until measured); saved with the weights.
+            self.register_buffer(
+                "action_first_state_age", torch.zeros(spec.vocab("action"), dtype=torch.long)
+            )
+            self.hitlag_slots = [
+                self.layout.continuous_cols.index(spec.float_col(p, "hitlag")) for p in range(NUM_PLAYERS)
+            ]
 
         self.respawn_sequence = model.respawn_sequence
         if model.respawn_sequence:
@@ -618,13 +634,18 @@ class FrameStackMLP(nn.Module):
         self.hit_damage[: len(damage)] = damage
 
     @torch.no_grad()
-    def calibrate_action_tables(self, cells: torch.Tensor, next_action: torch.Tensor) -> None:
-        """Set the cells whose next action is known (``action_tables``), as measured by
-        ``train.action_tables``; the rest of the table stays empty (a cell no frame has)."""
+    def calibrate_action_tables(
+        self, cells: torch.Tensor, next_action: torch.Tensor, first_state_age: torch.Tensor
+    ) -> None:
+        """Set the cells whose next action is known and the state_age each action starts at
+        (``action_tables``), as measured by ``train.action_tables``; the rest of the table stays
+        empty (a cell no frame has)."""
+        order = cells.argsort()
         self.action_cells.fill_(torch.iinfo(torch.int64).max)
         self.action_next.zero_()
-        self.action_cells[: len(cells)] = cells
-        self.action_next[: len(next_action)] = next_action
+        self.action_cells[: len(cells)] = cells[order]
+        self.action_next[: len(next_action)] = next_action[order]
+        self.action_first_state_age.copy_(first_state_age)
 
     def action_from_table(self, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) cells -> each cell's next action in the table and whether it is there."""
@@ -639,9 +660,12 @@ class FrameStackMLP(nn.Module):
         next_ctrl: torch.Tensor,
     ) -> None:
         """Where a player's transition cell is in the table (its character's, else every
-        character's), its predicted action is the cell's: a new action starts at age 0, a kept one
-        ages a frame."""
+        character's), its predicted action is the cell's: a new action starts at action_age 0 and
+        the state_age the training games' starts of it most often have; a kept one the heads would
+        have left ages a frame (its state_age not in hitlag, which holds it). A kept cell does not
+        overrule heads that predict the player's hitlag starting (a hit, which the cell cannot see)."""
         spec, controls = self.spec, len(CONTROLLER_FIELDS)
+        delta = outputs["continuous_delta"]
         for p in range(NUM_PLAYERS):
             last_ctrl = last_floats[:, [spec.float_col(p, name) for name in CONTROLLER_FIELDS]]
             now_ctrl = next_ctrl[:, p * controls : (p + 1) * controls]
@@ -654,19 +678,29 @@ class FrameStackMLP(nn.Module):
             )
             action, known = torch.where(known, action, shared), known | shared_known
             last_action = last_ints[:, spec.int_col(p, "action")]
-            self.decide_action(outputs, p, known & (action != last_action), action)
+            starts = known & (action != last_action)
+            self.decide_action(outputs, p, starts, action)
             key = f"p{p}_action_logits"
-            keeps = known & (action == last_action) & (outputs[key].argmax(1) != last_action)
+            hitlag = last_floats[:, spec.float_col(p, "hitlag")].float()
+            hit = (hitlag <= 0) & (hitlag + delta[:, self.hitlag_slots[p]].float() > 0)
+            keeps = known & (action == last_action) & (outputs[key].argmax(1) != last_action) & ~hit
             outputs[key] = torch.where(
                 keeps[:, None], decided_logits(last_action, outputs[key]), outputs[key]
             )
             for head, _, name, _ in self.layout.logit_heads:
                 if head in self.age_heads and head.startswith(f"p{p}_"):
-                    older = (last_ints[:, spec.int_col(p, name)] + 1).clamp(max=spec.vocab(name) - 1)
-                    outputs.setdefault(f"{head}_raw", outputs[head])
+                    older = last_ints[:, spec.int_col(p, name)] + (hitlag <= 0 if name == "state_age" else 1)
+                    older = older.clamp(max=spec.vocab(name) - 1)
                     outputs[head] = torch.where(
                         keeps[:, None], decided_logits(older, outputs[head]), outputs[head]
                     )
+                    if name == "state_age":
+                        first = self.action_first_state_age[action.clamp(min=0)].clamp(
+                            max=spec.vocab(name) - 1
+                        )
+                        outputs[head] = torch.where(
+                            starts[:, None], decided_logits(first, outputs[head]), outputs[head]
+                        )
 
     def land_hits(
         self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
@@ -823,7 +857,20 @@ class FrameStackMLP(nn.Module):
             for name, value in values.items():
                 delta[:, slot[name]] = torch.where(applies, value - now(name), delta[:, slot[name]])
             if self.air_drift:
-                drifting = self.free_fall[action] & airborne & calm & self.drift_known[character]
+                # A jump's first frame sets the jump's own horizontal speed, not the drift's.
+                new_jump = (
+                    (action != last_ints[:, spec.int_col(p, "action")])
+                    & (action >= JUMP_ACTIONS.start)
+                    & (action < JUMP_ACTIONS.stop)
+                )
+                drifting = (
+                    self.free_fall[action]
+                    & (now("on_ground") < 0.5)
+                    & ~grounded[:, p]
+                    & ~new_jump
+                    & calm
+                    & self.drift_known[character]
+                )
                 air_scale = spec.scale("self_x_air")
                 stick_x = 2 * ctrl[:, CONTROLLER_FIELDS.index("main_x")] - 1
                 drift = air_drift_speed(now("self_x_air") / air_scale, stick_x, self.drift[character])
@@ -1230,8 +1277,8 @@ def transition_cell(
     forward = 2 * (floats[:, spec.float_col(player, "facing")] > 0.5).double() - 1
 
     def zone(ctrl: torch.Tensor, name: str) -> torch.Tensor:
-        value = 2 * ctrl[:, CONTROLLER_FIELDS.index(name)].double() - 1
-        return torch.bucketize(value * forward if name.endswith("_x") else value, edges)
+        steps = torch.round((2 * ctrl[:, CONTROLLER_FIELDS.index(name)].double() - 1) * STICK_STEPS)
+        return torch.bucketize(steps * forward if name.endswith("_x") else steps, edges)
 
     def pressed(ctrl: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
         down = torch.stack([ctrl[:, CONTROLLER_FIELDS.index(n)] > 0.5 for n in names]).any(0)

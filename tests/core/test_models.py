@@ -554,9 +554,17 @@ def test_air_drift_gives_melees_next_air_speed_and_leaves_x_to_the_heads():
     )  # fmt: skip
     torch.testing.assert_close(step["self_x_air"], torch.tensor([0.48, 0.07, 0.43]), atol=1e-5, rtol=0)
     torch.testing.assert_close(step["x"] * spec.scale("x"), torch.tensor(x))  # the heads' "no change"
-    # Grounded, or in training: the heads' own speed.
+    # Grounded, taking off (from the ground or a double jump: the jump sets its own speed), or in
+    # training: the heads' own speed.
     step = air_step(
         model, spec, FALL_ACTION, FALL_ACTION, [0.0], [0.0], [1.0], air_speed=[0.5], grounded=True
+    )
+    assert step["self_x_air"].item() == pytest.approx(0.5)
+    step = air_step(model, spec, JUMP_F, KNEE_BEND, [0.0], [0.0], [1.0], air_speed=[0.5], stick_x=1.0)
+    assert step["self_x_air"].item() == pytest.approx(0.5)
+    double_jump = 27
+    step = air_step(
+        model, spec, double_jump, FALL_ACTION, [-1.0], [50.0], [0.0], air_speed=[0.5], stick_x=1.0
     )
     assert step["self_x_air"].item() == pytest.approx(0.5)
     model.train()
@@ -791,38 +799,59 @@ def test_action_tables_decide_the_next_action_of_a_known_cell_and_keep_one_that_
     encoding, spec, model = table_model(action_tables=True, action_table_size=8)
     assert len(model.action_cells) == 8  # the saved table's size is the config's
     jump_squat, jump_f, jump_b, guessed = 24, 25, 26, 10
+    controls = len(CONTROLLER_FIELDS)
     float_ctx = torch.zeros(4, 10, spec.float_per_frame)
     float_ctx[
         :, :, [spec.float_col(p, name) for p in (0, 1) for name in ("main_x", "main_y", "c_x", "c_y")]
     ] = 0.5
-    float_ctx[:, :, spec.float_col(0, "facing")] = 1.0
+    float_ctx[:, :, spec.float_col(0, "facing")] = 1.0  # player 0 faces right, player 1 left
     ints = torch.zeros(4, 10, spec.int_per_frame, dtype=torch.long)
-    for name, value in (("character", 2), ("action", jump_squat), ("action_age", 4)):
-        ints[:, :, spec.int_col(0, name)] = value
+    for p in (0, 1):
+        for name, value in (("character", 2), ("action", jump_squat), ("action_age", 4), ("state_age", 4)):
+            ints[:, :, spec.int_col(p, name)] = value
     ints[3, :, spec.int_col(0, "character")] = 3  # another character, pushing forward like row 0
     ctrl = torch.zeros(4, spec.ctrl_conditioning_dim)
-    ctrl[:, : len(CONTROLLER_FIELDS)][:, :4] = 0.5
+    for p in (0, 1):
+        ctrl[:, p * controls : p * controls + 4] = 0.5
     main_x = CONTROLLER_FIELDS.index("main_x")
     ctrl[:, main_x] = torch.tensor([0.95, 0.05, 0.5, 0.95])  # forward, back, neutral, forward
-    last, now = float_ctx[:, -1], ctrl[:, : len(CONTROLLER_FIELDS)]
+    ctrl[0, controls + main_x] = 0.05  # player 1 pushes forward too: to its left
+    last, now = float_ctx[:, -1], ctrl[:, :controls]
     last_ctrl = last[:, [spec.float_col(0, name) for name in CONTROLLER_FIELDS]]
     own = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0)
     shared = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0, any_character=True)
-    cells = torch.stack([own[0], shared[1], own[2]])
-    order = cells.argsort()
-    model.calibrate_action_tables(cells[order], torch.tensor([jump_f, jump_b, jump_squat])[order])
-    with torch.no_grad():
-        model.heads.weight.zero_()
-        model.heads.bias.zero_()
-        model.heads.bias[model._head_slice("p0_action_logits").start + guessed] = 5.0  # the heads say 10
-        outputs = model(float_ctx, ints, ctrl)
-    action = outputs["p0_action_logits"].argmax(1)
-    age = outputs["p0_action_age_logits"].argmax(1)
-    # Row 0: the character's own cell; row 1: every character's; row 2: the cell keeps the jump
-    # squat, a frame older; row 3: another character's cell, unknown: the heads'.
-    assert action.tolist() == [jump_f, jump_b, jump_squat, guessed]
-    assert age[:3].tolist() == [0, 0, 5]
+    first_state_age = torch.zeros_like(model.action_first_state_age)
+    first_state_age[jump_f] = 1
+    model.calibrate_action_tables(
+        torch.stack([own[0], shared[1], own[2]]), torch.tensor([jump_f, jump_b, jump_squat]), first_state_age
+    )
+    hitlag = model.layout.continuous_cols.index(spec.float_col(0, "hitlag"))
+
+    def predict(hit: bool) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            model.heads.weight.zero_()
+            model.heads.bias.zero_()
+            for p in (0, 1):  # the heads say action 10
+                model.heads.bias[model._head_slice(f"p{p}_action_logits").start + guessed] = 5.0
+            if hit:  # ... and player 0's hitlag starting
+                model.heads.bias[model._head_slice("continuous_delta").start + hitlag] = 1.0
+            return model(float_ctx, ints, ctrl)
+
+    outputs = predict(hit=False)
+    chosen = {
+        key: outputs[f"p0_{key}_logits"].argmax(1).tolist() for key in ("action", "action_age", "state_age")
+    }
+    # Row 0: the character's own cell (a new action: action_age 0, state_age its usual first);
+    # row 1: every character's; row 2: the cell keeps the jump squat a frame older; row 3: another
+    # character's cell, unknown: the heads'.
+    assert chosen["action"] == [jump_f, jump_b, jump_squat, guessed]
+    assert chosen["action_age"][:3] == [0, 0, 5] and chosen["state_age"][:3] == [1, 0, 5]
+    # Player 1, facing left, reads its own controller: forward in row 0, neutral (kept) after.
+    assert outputs["p1_action_logits"].argmax(1).tolist() == [jump_f, *[jump_squat] * 3]
     assert "p0_action_logits_raw" in outputs
+    # A cell that keeps the action does not overrule heads that see a hit coming; one that starts
+    # an action still decides.
+    assert predict(hit=True)["p0_action_logits"].argmax(1).tolist() == [jump_f, jump_b, guessed, guessed]
     with torch.no_grad():
         training = model.train()(float_ctx, ints, ctrl)
     assert (training["p0_action_logits"].argmax(1) == guessed).all()

@@ -788,7 +788,7 @@ def test_action_tables_hold_melees_jump_squat_and_call_validation_transitions_th
 
     exp, spec, data = experiment_file_data("exp-7p-action-tables.yaml", root)
     model_cfg = exp.model
-    cells, following = action_tables(
+    cells, following, first_state_age = action_tables(
         data, model_cfg.action_table_size, model_cfg.action_table_min_frames, model_cfg.action_table_agreement
     )
     assert len(cells) and torch.equal(cells, cells.sort().values)
@@ -807,6 +807,17 @@ def test_action_tables_hold_melees_jump_squat_and_call_validation_transitions_th
     assert torch.equal(model.action_cells[: len(cells)], cells) and torch.equal(
         model.action_next[: len(cells)], following
     )
+    assert torch.equal(model.action_first_state_age, first_state_age)
+    # A new action's state_age (0 or 1, by the animation) is the one its starts most often have,
+    # on the validation games too.
+    starts = usual = 0
+    for _, _, ints in game_tensors(data, "val"):
+        for p in range(2):
+            action, age = (ints[:, spec.int_col(p, name)] for name in ("action", "state_age"))
+            rows = torch.nonzero(action[1:] != action[:-1]).flatten() + 1
+            starts += len(rows)
+            usual += int((first_state_age[action[rows]] == age[rows]).sum())
+    assert starts >= 500 and usual >= 0.9 * starts, (starts, usual)
     # On the validation games, with the real context, the tables call action changes the heads (of
     # this short run) miss far more often than they move the heads away from the real action.
     fixed = broke = 0
