@@ -839,6 +839,29 @@ def blast_zones(data: FrameData) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     )
 
 
+def recorded_players(
+    data: FrameData, velocity: str
+) -> Iterator[tuple[Callable, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each player of each training game that records ``velocity`` (a game that predates it has
+    it 0 throughout): a reader of that player's float columns (float64), the velocity in game
+    units per frame, and its action and character columns."""
+    spec = data.spec
+    for _, floats, ints in data.game_rows("train"):
+        for p in range(NUM_PLAYERS):
+
+            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
+                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
+
+            speed = column(velocity) / spec.scale(velocity)
+            if speed.any():
+                yield (
+                    column,
+                    speed,
+                    np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64),
+                    np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64),
+                )
+
+
 def air_physics(
     data: FrameData, min_frames: int = 50, min_held: int = 10, min_take_offs: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -858,32 +881,22 @@ def air_physics(
     characters, jumps = spec.vocab("character"), len(JUMP_ACTIONS)
     held_speeds: dict[int, list[np.ndarray]] = {}
     take_off_speeds: dict[tuple[int, int, int], list[float]] = {}
-    for _, floats, ints in data.game_rows("train"):
-        for p in range(NUM_PLAYERS):
-
-            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
-                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
-
-            speed = column("self_y") / spec.scale("self_y")
-            if not speed.any():
-                continue
-            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
-            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
-            airborne, calm = column("on_ground") < 0.5, column("hitlag") <= 0
-            held = (column("X") > 0.5) | (column("Y") > 0.5)
-            falling = np.isin(action, FALL_ACTIONS) & airborne & calm
-            kept = falling[:-1] & falling[1:] & (np.round(speed[1:] - speed[:-1], 4) == 0) & (speed[1:] < 0)
-            for c in np.unique(character[:-1][kept]):
-                held_speeds.setdefault(int(c), []).append(speed[1:][kept & (character[:-1] == c)])
-            starts = (
-                np.flatnonzero(
-                    (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS) & airborne[1:] & calm[1:]
-                )
-                + 1
+    for column, speed, action, character in recorded_players(data, "self_y"):
+        airborne, calm = column("on_ground") < 0.5, column("hitlag") <= 0
+        held = (column("X") > 0.5) | (column("Y") > 0.5)
+        falling = np.isin(action, FALL_ACTIONS) & airborne & calm
+        kept = falling[:-1] & falling[1:] & (np.round(speed[1:] - speed[:-1], 4) == 0) & (speed[1:] < 0)
+        for c in np.unique(character[:-1][kept]):
+            held_speeds.setdefault(int(c), []).append(speed[1:][kept & (character[:-1] == c)])
+        starts = (
+            np.flatnonzero(
+                (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS) & airborne[1:] & calm[1:]
             )
-            for row in starts:
-                key = (int(character[row]), int(action[row] - JUMP_ACTIONS.start), int(held[row]))
-                take_off_speeds.setdefault(key, []).append(float(speed[row]))
+            + 1
+        )
+        for row in starts:
+            key = (int(character[row]), int(action[row] - JUMP_ACTIONS.start), int(held[row]))
+            take_off_speeds.setdefault(key, []).append(float(speed[row]))
 
     fall_speeds = np.zeros((characters, 2), dtype=np.float32)
     fall_known = np.zeros(characters, dtype=bool)
@@ -925,27 +938,15 @@ def air_drift(
     that predate the velocities (every air speed 0) are skipped."""
     spec = data.spec
     rows: dict[int, list[np.ndarray]] = {}
-    for _, floats, ints in data.game_rows("train"):
-        for p in range(NUM_PLAYERS):
-
-            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
-                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
-
-            speed = column("self_x_air") / spec.scale("self_x_air")
-            if not speed.any():
-                continue
-            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
-            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
-            drifting = (
-                np.isin(action, FREE_FALL_ACTIONS) & (column("on_ground") < 0.5) & (column("hitlag") <= 0)
-            )
-            # A jump's first frame sets the jump's own horizontal speed, not the drift's.
-            new_jump = (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS)
-            kept = drifting[:-1] & drifting[1:] & ~new_jump
-            stick = 2 * column("main_x")[1:] - 1
-            frames = np.stack([speed[:-1], speed[1:], stick], axis=1)[kept]
-            for c in np.unique(character[:-1][kept]):
-                rows.setdefault(int(c), []).append(frames[character[:-1][kept] == c])
+    for column, speed, action, character in recorded_players(data, "self_x_air"):
+        drifting = np.isin(action, FREE_FALL_ACTIONS) & (column("on_ground") < 0.5) & (column("hitlag") <= 0)
+        # A jump's first frame sets the jump's own horizontal speed, not the drift's.
+        new_jump = (action[1:] != action[:-1]) & np.isin(action[1:], JUMP_ACTIONS)
+        kept = drifting[:-1] & drifting[1:] & ~new_jump
+        stick = 2 * column("main_x")[1:] - 1
+        frames = np.stack([speed[:-1], speed[1:], stick], axis=1)[kept]
+        for c in np.unique(character[:-1][kept]):
+            rows.setdefault(int(c), []).append(frames[character[:-1][kept] == c])
     drift = np.zeros((spec.vocab("character"), len(DRIFT_CONSTANTS)), dtype=np.float32)
     known = np.zeros(spec.vocab("character"), dtype=bool)
     for c, parts in rows.items():
@@ -990,20 +991,10 @@ def ground_friction(
     spec = data.spec
     characters, actions = spec.vocab("character"), spec.vocab("action")
     parts = []
-    for _, floats, ints in data.game_rows("train"):
-        for p in range(NUM_PLAYERS):
-
-            def column(name: str, p: int = p, floats: np.ndarray = floats) -> np.ndarray:
-                return np.asarray(floats[:, spec.float_col(p, name)], dtype=np.float64)
-
-            speed = column("self_x_ground") / spec.scale("self_x_ground")
-            if not speed.any():
-                continue
-            action = np.asarray(ints[:, spec.int_col(p, "action")], dtype=np.int64)
-            character = np.asarray(ints[:, spec.int_col(p, "character")], dtype=np.int64)
-            steady = (column("on_ground") > 0.5) & (column("hitlag") <= 0)
-            kept = steady[:-1] & steady[1:] & (action[:-1] == action[1:])
-            parts.append(np.stack([character[:-1], action[:-1], speed[:-1], speed[1:]], axis=1)[kept])
+    for column, speed, action, character in recorded_players(data, "self_x_ground"):
+        steady = (column("on_ground") > 0.5) & (column("hitlag") <= 0)
+        kept = steady[:-1] & steady[1:] & (action[:-1] == action[1:])
+        parts.append(np.stack([character[:-1], action[:-1], speed[:-1], speed[1:]], axis=1)[kept])
     friction = np.zeros(characters, dtype=np.float32)
     sliding = np.zeros((characters, actions), dtype=bool)
     if not parts:
