@@ -705,11 +705,8 @@ def action_tables(
         for p in range(NUM_PLAYERS):
             ctrl = floats[:, controls[p]]
             action = ints[:, spec.int_col(p, "action")]
-            for any_character in (False, True):
-                cells.append(
-                    transition_cell(floats[:-1], ints[:-1], ctrl[:-1], ctrl[1:], spec, p, any_character)
-                )
-                nexts.append(action[1:])
+            cells += transition_cell(floats[:-1], ints[:-1], ctrl[:-1], ctrl[1:], spec, p)
+            nexts += [action[1:]] * 2
             if ages:
                 rows = torch.nonzero(action[1:] != action[:-1]).flatten() + 1
                 starts = (action[rows].numpy(), ints[rows, spec.int_col(p, "state_age")].numpy())

@@ -270,9 +270,7 @@ class FrameStackMLP(nn.Module):
             self.register_buffer("hit_cells", torch.full((size,), torch.iinfo(torch.int64).max))
             self.register_buffer("hit_move", torch.zeros(size, dtype=torch.long))
             self.register_buffer("hit_damage", torch.zeros(size))
-            self.hit_percent_slots = [
-                self.layout.continuous_cols.index(spec.float_col(p, "percent")) for p in range(NUM_PLAYERS)
-            ]
+            self.hit_percent_slots = self.player_slots("percent")
 
         self.action_tables = model.action_tables
         if model.action_tables:
@@ -295,9 +293,7 @@ class FrameStackMLP(nn.Module):
             self.register_buffer(
                 "action_first_state_age", torch.zeros(spec.vocab("action"), dtype=torch.long)
             )
-            self.hitlag_slots = [
-                self.layout.continuous_cols.index(spec.float_col(p, "hitlag")) for p in range(NUM_PLAYERS)
-            ]
+            self.hitlag_slots = self.player_slots("hitlag")
 
         self.respawn_sequence = model.respawn_sequence
         if model.respawn_sequence:
@@ -371,15 +367,10 @@ class FrameStackMLP(nn.Module):
                 "sliding", torch.zeros(spec.vocab("character"), spec.vocab("action"), dtype=torch.bool)
             )
             self.friction_slots = [
-                {
-                    n: self.layout.continuous_cols.index(spec.float_col(p, n))
-                    for n in ("self_x_ground", "hitlag")
-                }
-                for p in range(NUM_PLAYERS)
+                dict(zip(("self_x_ground", "hitlag"), slots, strict=True))
+                for slots in zip(self.player_slots("self_x_ground"), self.player_slots("hitlag"), strict=True)
             ]
-            self.friction_on_ground_logits = [
-                self.layout.binary_cols.index(spec.float_col(p, "on_ground")) for p in range(NUM_PLAYERS)
-            ]
+            self.friction_on_ground_logits = self.player_slots("on_ground", self.layout.binary_cols)
         self.ground_from_surfaces = model.ground_from_surfaces
         if model.ground_from_surfaces:
             if not model.stage_surfaces:
@@ -467,6 +458,12 @@ class FrameStackMLP(nn.Module):
 
     def _mirror_gated_categoricals(self) -> None:
         self.mixture_heads = frozenset(torch.nonzero(self.gated_categoricals).flatten().tolist())
+
+    def player_slots(self, name: str, cols: list[int] | None = None) -> list[int]:
+        """Per player, the position of its field ``name`` among ``cols`` (the continuous head
+        outputs unless given, e.g. ``layout.binary_cols``)."""
+        cols = self.layout.continuous_cols if cols is None else cols
+        return [cols.index(self.spec.float_col(p, name)) for p in range(NUM_PLAYERS)]
 
     def _head_slice(self, key: str) -> slice:
         start = 0
@@ -669,14 +666,11 @@ class FrameStackMLP(nn.Module):
         for p in range(NUM_PLAYERS):
             last_ctrl = last_floats[:, [spec.float_col(p, name) for name in CONTROLLER_FIELDS]]
             now_ctrl = next_ctrl[:, p * controls : (p + 1) * controls]
-            action, known = self.action_from_table(
-                transition_cell(last_floats, last_ints, last_ctrl, now_ctrl, spec, p)
-            )
+            own, shared = transition_cell(last_floats, last_ints, last_ctrl, now_ctrl, spec, p)
             # The character's own cell first, then every character's.
-            shared, shared_known = self.action_from_table(
-                transition_cell(last_floats, last_ints, last_ctrl, now_ctrl, spec, p, any_character=True)
-            )
-            action, known = torch.where(known, action, shared), known | shared_known
+            action, known = self.action_from_table(own)
+            shared_action, shared_known = self.action_from_table(shared)
+            action, known = torch.where(known, action, shared_action), known | shared_known
             last_action = last_ints[:, spec.int_col(p, "action")]
             starts = known & (action != last_action)
             self.decide_action(outputs, p, starts, action)
@@ -1265,14 +1259,13 @@ def transition_cell(
     next_ctrl: torch.Tensor,
     spec: EncodingSpec,
     player: int,
-    any_character: bool = False,
-) -> torch.Tensor:
-    """(B,) int64 cell of each frame for ``action_tables``: the player's character (with
-    ``any_character`` one index past every character's, shared by all), action and action_age on
-    the last frame, and its controller: the zone (``STICK_ZONE_EDGES``) of each axis
-    on the next frame (x toward the way the player faces), of the main stick on the last frame too,
-    and whether each of ``TABLE_BUTTONS`` is released, pressed or held. ``last_ctrl`` and
-    ``next_ctrl`` are (B, controller fields) in CONTROLLER_FIELDS' order."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (B,) int64 cells of each frame for ``action_tables``, the character's own and one every
+    character shares (its character digit one past every character's): the player's character,
+    action and action_age on the last frame, and its controller: the zone (``STICK_ZONE_EDGES``)
+    of each axis on the next frame (x toward the way the player faces), of the main stick on the
+    last frame too, and whether each of ``TABLE_BUTTONS`` is released, pressed or held.
+    ``last_ctrl`` and ``next_ctrl`` are (B, controller fields) in CONTROLLER_FIELDS' order."""
     edges = torch.tensor(STICK_ZONE_EDGES, dtype=torch.float64, device=floats.device)
     forward = 2 * (floats[:, spec.float_col(player, "facing")] > 0.5).double() - 1
 
@@ -1286,26 +1279,29 @@ def transition_cell(
             down |= ctrl[:, CONTROLLER_FIELDS.index("shoulder")] > SHIELD_PRESS
         return down
 
-    character, action, age = (
-        ints[:, spec.int_col(player, name)].long() for name in ("character", "action", "action_age")
-    )
-    if any_character:
-        character = torch.full_like(character, spec.vocab("character"))
-    cell = (character * spec.vocab("action") + action) * spec.vocab("action_age") + age
+    controller = torch.zeros_like(forward, dtype=torch.long)
     zones = len(STICK_ZONE_EDGES) + 1
     for ctrl, name in (
         (next_ctrl, "main_x"),
         (last_ctrl, "main_x"),
         (next_ctrl, "main_y"),
         (last_ctrl, "main_y"),
+        (next_ctrl, "c_x"),
+        (next_ctrl, "c_y"),
     ):
-        cell = cell * zones + zone(ctrl, name)
-    for name in ("c_x", "c_y"):
-        cell = cell * zones + zone(next_ctrl, name)
+        controller = controller * zones + zone(ctrl, name)
     for names in TABLE_BUTTONS:
         now, before = pressed(next_ctrl, names), pressed(last_ctrl, names)
-        cell = cell * 3 + torch.where(now, torch.where(before, 2, 1), 0)
-    return cell
+        controller = controller * 3 + torch.where(now, torch.where(before, 2, 1), 0)
+    character, action, age = (
+        ints[:, spec.int_col(player, name)].long() for name in ("character", "action", "action_age")
+    )
+    move = action * spec.vocab("action_age") + age
+    per_character = spec.vocab("action") * spec.vocab("action_age")
+    controllers = zones**6 * 3 ** len(TABLE_BUTTONS)
+    own = (character * per_character + move) * controllers + controller
+    shared = (spec.vocab("character") * per_character + move) * controllers + controller
+    return own, shared
 
 
 def hit_cell(floats: torch.Tensor, ints: torch.Tensor, spec: EncodingSpec, attacker: int) -> torch.Tensor:

@@ -818,8 +818,7 @@ def test_action_tables_decide_the_next_action_of_a_known_cell_and_keep_one_that_
     ctrl[0, controls + main_x] = 0.05  # player 1 pushes forward too: to its left
     last, now = float_ctx[:, -1], ctrl[:, :controls]
     last_ctrl = last[:, [spec.float_col(0, name) for name in CONTROLLER_FIELDS]]
-    own = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0)
-    shared = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0, any_character=True)
+    own, shared = transition_cell(last, ints[:, -1], last_ctrl, now, spec, 0)
     first_state_age = torch.zeros_like(model.action_first_state_age)
     first_state_age[jump_f] = 1
     model.calibrate_action_tables(

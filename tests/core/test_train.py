@@ -68,6 +68,22 @@ def game_tensors(data: FrameData, split: str | None = None):
             yield game, floats, ints.long()
 
 
+def recorded_player_rows(data: FrameData, spec: EncodingSpec, velocity: str):
+    """Each player of every game that records ``velocity`` (a replay older than the velocities has
+    it 0 throughout): a reader of that player's float columns, the velocity in game units (float64)
+    and the player's int column reader. Every game: the validation games' characters are not among
+    the test suite's three training games'."""
+    for _, floats, ints in game_tensors(data):
+        for p in range(2):
+            speed = floats[:, spec.float_col(p, velocity)].double() / spec.scale(velocity)
+            if speed.any():
+                yield (
+                    lambda name, p=p, floats=floats: floats[:, spec.float_col(p, name)],
+                    speed,
+                    lambda name, p=p, ints=ints: ints[:, spec.int_col(p, name)],
+                )
+
+
 def predicted_windows(model: torch.nn.Module, spec: EncodingSpec, data: FrameData, split: str | None = None):
     """Each game's (floats, every 10-frame window with the frame after it, the model's outputs on
     them) for the games of ``split``."""
@@ -853,24 +869,19 @@ def test_air_drift_measures_melees_constants_and_gives_the_real_air_speed(root):
     assert known[fox]
     torch.testing.assert_close(drift[fox], torch.tensor([0.02, 0.83, 0.06, 0.02]), atol=1e-4, rtol=0)
     frames = exact = 0
-    # Every game: the validation games' characters are not among the three training games'.
-    for _, floats, ints in game_tensors(data):
-        for p in range(2):
-            speed = floats[:, spec.float_col(p, "self_x_air")].double() / spec.scale("self_x_air")
-            if not speed.any():
-                continue  # a replay older than the velocities
-            character = ints[:, spec.int_col(p, "character")]
-            drifting = (
-                torch.isin(ints[:, spec.int_col(p, "action")], torch.tensor(FREE_FALL_ACTIONS))
-                & (floats[:, spec.float_col(p, "on_ground")] < 0.5)
-                & (floats[:, spec.float_col(p, "hitlag")] <= 0)
-                & known[character]
-            )
-            rows = drifting[:-1] & drifting[1:]
-            stick = 2 * floats[1:, spec.float_col(p, "main_x")].double() - 1
-            rule = air_drift_speed(speed[:-1], stick, drift[character[:-1]].double())
-            frames += int(rows.sum())
-            exact += int(((rule - speed[1:]).abs() < 2e-3)[rows].sum())
+    for column, speed, int_column in recorded_player_rows(data, spec, "self_x_air"):
+        character = int_column("character")
+        drifting = (
+            torch.isin(int_column("action"), torch.tensor(FREE_FALL_ACTIONS))
+            & (column("on_ground") < 0.5)
+            & (column("hitlag") <= 0)
+            & known[character]
+        )
+        rows = drifting[:-1] & drifting[1:]
+        stick = 2 * column("main_x")[1:].double() - 1
+        rule = air_drift_speed(speed[:-1], stick, drift[character[:-1]].double())
+        frames += int(rows.sum())
+        exact += int(((rule - speed[1:]).abs() < 2e-3)[rows].sum())
     print("air frames of known characters, next air speed exact:", frames, exact)
     assert frames >= 1000 and exact >= 0.97 * frames, (frames, exact)
 
@@ -884,22 +895,13 @@ def test_ground_friction_measures_melees_friction_and_gives_the_real_ground_spee
     assert friction[fox].item() == pytest.approx(0.08, abs=1e-4)  # Melee's character data
     assert sliding.any()
     frames = exact = 0
-    # Every game: the validation games' characters are not among the three training games'.
-    for _, floats, ints in game_tensors(data):
-        for p in range(2):
-            speed = floats[:, spec.float_col(p, "self_x_ground")].double() / spec.scale("self_x_ground")
-            if not speed.any():
-                continue  # a replay older than the velocities
-            character, action = (ints[:, spec.int_col(p, name)] for name in ("character", "action"))
-            steady = (floats[:, spec.float_col(p, "on_ground")] > 0.5) & (
-                floats[:, spec.float_col(p, "hitlag")] <= 0
-            )
-            rows = (
-                steady[:-1] & steady[1:] & (action[:-1] == action[1:]) & sliding[character[:-1], action[:-1]]
-            )
-            slowed = speed[:-1].sign() * (speed[:-1].abs() - friction[character[:-1]].double()).clamp_min(0)
-            moving = speed[:-1].abs() > 1e-4
-            frames += int((rows & moving).sum())
-            exact += int(((slowed - speed[1:]).abs() < 2e-3)[rows & moving].sum())
+    for column, speed, int_column in recorded_player_rows(data, spec, "self_x_ground"):
+        character, action = int_column("character"), int_column("action")
+        steady = (column("on_ground") > 0.5) & (column("hitlag") <= 0)
+        rows = steady[:-1] & steady[1:] & (action[:-1] == action[1:]) & sliding[character[:-1], action[:-1]]
+        slowed = speed[:-1].sign() * (speed[:-1].abs() - friction[character[:-1]].double()).clamp_min(0)
+        moving = speed[:-1].abs() > 1e-4
+        frames += int((rows & moving).sum())
+        exact += int(((slowed - speed[1:]).abs() < 2e-3)[rows & moving].sum())
     print("moving ground frames in sliding actions, next ground speed exact:", frames, exact)
     assert frames >= 200 and exact >= 0.97 * frames, (frames, exact)
