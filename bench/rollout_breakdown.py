@@ -7,7 +7,10 @@ error at the last step by what the real player did over the window: on the groun
 at the end, height never changed, on the ground throughout, took a hit, left the ground without
 one. Each line gives the model's error beside persistence's on the same player-windows (game
 units) and the group's share of the model's total error, so a model that drifts while the real
-character stands still shows up at once.
+character stands still shows up at once. Then the same windows by the step at which the predicted
+action first differs from the real one, and the transitions at that step (last real action, real
+next action, predicted action) that hold the most error at the last step: where rollouts go wrong
+first.
 """
 
 from __future__ import annotations
@@ -81,7 +84,63 @@ def main() -> None:
             f"{errors['x']['persistence']:6.2f})   y {errors['y']['model']:6.2f} (persistence "
             f"{errors['y']['persistence']:6.2f})   {share:4.0%} of the error"
         )
-    print(json.dumps({"steps": args.steps, "groups": result}))
+    opening = np.stack([ints[rows - 1][:, spec.int_col(p, "action")] for p in range(2)], 1)
+    divergence = first_divergence(trace, opening, scored[:, 0], model_error / 2, args.steps)
+    print(json.dumps({"steps": args.steps, "groups": result, "first_divergence": divergence}))
+
+
+def first_divergence(
+    trace, opening: np.ndarray, scored: np.ndarray, error: np.ndarray, steps: int, top: int = 12
+) -> dict:
+    """Split the scored player-windows by the first step where the predicted action is not the
+    real one, and list the transitions at that step (last real action, real next action, predicted
+    action) that hold the most of the x/y ``error`` (starts, players) at the last step; print both.
+    ``opening`` (starts, players) is each start's last real action before the rollout."""
+    wrong = trace.model_actions != trace.true_actions  # (starts, steps, players)
+    kept = np.flatnonzero(scored)
+    first = np.where(wrong.any(1), wrong.argmax(1), steps)[kept]  # (scored, players), 0-based; steps: never
+    last_error = error[kept]
+    total = last_error.sum()
+    split = {}
+    print(f"\nfirst wrong action (median step {np.median(first) + 1:.0f}); x/y error at step {steps}:")
+    for lo, hi in [(0, 5), (5, 15), (15, 30), (30, steps), (steps, steps + 1)]:
+        mask = (first >= lo) & (first < hi)
+        name = "never" if lo == steps else f"steps {lo + 1}-{hi}"
+        mean = float(last_error[mask].mean()) if mask.any() else float("nan")
+        share = float(last_error[mask].sum() / total)
+        split[name] = {"player_windows": int(mask.sum()), "error": mean, "share_of_error": share}
+        print(f"  {name:<14}{int(mask.sum()):>5} windows   error {mean:6.2f}   {share:4.0%} of the error")
+    transitions: dict[tuple[int, int, int], list[float]] = {}
+    for row, player in np.ndindex(first.shape):
+        n, step = kept[row], first[row, player]
+        if step == steps:
+            continue
+        before = trace.true_actions[n, step - 1, player] if step else opening[n, player]
+        key = (
+            int(before),
+            int(trace.true_actions[n, step, player]),
+            int(trace.model_actions[n, step, player]),
+        )
+        transitions.setdefault(key, []).append(float(last_error[row, player]))
+    ranked = sorted(transitions.items(), key=lambda item: -sum(item[1]))[:top]
+    print("  at the first wrong action (last action -> real, predicted): windows, share of the error")
+    for (before, real, predicted), errors in ranked:
+        print(
+            f"    {before:>4} -> {real:>4}, predicted {predicted:>4}: {len(errors):>3}   {sum(errors) / total:4.0%}"
+        )
+    return {
+        "by_step": split,
+        "transitions": [
+            {
+                "last": k[0],
+                "real": k[1],
+                "predicted": k[2],
+                "player_windows": len(v),
+                "share_of_error": float(sum(v) / total),
+            }
+            for k, v in ranked
+        ],
+    }
 
 
 if __name__ == "__main__":

@@ -302,6 +302,13 @@ class ModelConfig(StrictModel):
     # players fall through holding down and the landing actions on the training games. Saved with
     # the weights; applied to predictions, not in training. Needs stage_surfaces.
     ecb_landing: bool = False
+    # The rules above that apply to predictions only (action_tables, hit_tables, air_physics with
+    # air_drift, ground_friction, ground_from_surfaces, ecb_landing) also apply in training, so
+    # rollout training (train.rollout_steps) builds the same rollouts evaluation does and the x/y
+    # heads learn to hedge around the rules' actions and speeds rather than the heads' own. The
+    # heads' losses stay on their own outputs (``*_raw``). The respawn sequence and the blast
+    # zones stay predictions only (their teleports, trained through, hurt: exp-7j).
+    rules_in_training: bool = False
     # Imitation policy only: each analog field's change distribution also gets logits from a small
     # MLP shared by all ten fields (both players' sticks and shoulders) that sees only that field's
     # own recent past (position, last changes, the other axis' last change, which field). The trunk

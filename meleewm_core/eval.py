@@ -572,6 +572,9 @@ class RolloutTrace:
     model_xy: np.ndarray
     cv_xy: np.ndarray
     valid: np.ndarray  # (N, S) bool
+    # (N, S, players) action ids of the real game and the model.
+    true_actions: np.ndarray
+    model_actions: np.ndarray
 
 
 def val_arrays(data: FrameData) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
@@ -658,6 +661,7 @@ def rollout(
     counts = torch.zeros(steps)
     valid = torch.zeros(n, steps, dtype=torch.bool)
     xy = {k: torch.zeros(n, steps, NUM_PLAYERS, 2) for k in ("true", "model", "cv")}
+    actions = {k: torch.zeros(n, steps, NUM_PLAYERS, dtype=torch.long) for k in ("true", "model")}
     ended = torch.zeros(n, dtype=torch.bool, device=device)
     true_loss_step = torch.full((n,), -1, dtype=torch.long)
     pred_loss_step = torch.full((n,), -1, dtype=torch.long)
@@ -671,6 +675,7 @@ def rollout(
 
         true_stocks = torch.round(real.float_tgt[:, stock_cols] / spec.scale("stocks"))
         true_actions = real.int_tgt[:, action_cols]
+        actions["true"][:, step], actions["model"][:, step] = true_actions.cpu(), pred_i[:, action_cols].cpu()
         ended |= _in(true_actions, DEATH_OR_RESPAWN_ACTIONS).any(1) | (true_stocks != start_stocks).any(1)
         lost = (true_stocks < start_stocks).any(1).cpu() & (true_loss_step < 0)
         true_loss_step[lost] = step
@@ -786,7 +791,15 @@ def rollout(
         stock_loss=stock_loss,
         sanity=sanity,
     )
-    return RolloutTrace(report, xy["true"].numpy(), xy["model"].numpy(), xy["cv"].numpy(), valid.numpy())
+    return RolloutTrace(
+        report,
+        xy["true"].numpy(),
+        xy["model"].numpy(),
+        xy["cv"].numpy(),
+        valid.numpy(),
+        actions["true"].numpy(),
+        actions["model"].numpy(),
+    )
 
 
 # --- the whole evaluation ------------------------------------------------------------------------------

@@ -381,6 +381,7 @@ class FrameStackMLP(nn.Module):
             # with the weights.
             self.register_buffer("ground_span", torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2))
         self.ecb_landing = model.ecb_landing
+        self.rules_in_training = model.rules_in_training
         if model.ecb_landing:
             if not model.stage_surfaces:
                 raise ValueError("model.ecb_landing needs model.stage_surfaces (the surfaces to land on)")
@@ -584,11 +585,18 @@ class FrameStackMLP(nn.Module):
         self.surface_passable.copy_(passable)
         self.landing_action.copy_(landing_action)
 
+    @property
+    def rules_apply(self) -> bool:
+        """Whether the rules measured on the training games decide this forward pass: always in
+        evaluation, in training with ``rules_in_training`` (the respawn sequence and the blast
+        zones never in training)."""
+        return not self.training or self.rules_in_training
+
     def landing_reach(self, last: torch.Tensor, last_ints: torch.Tensor) -> torch.Tensor:
         """(B, players) how far below a surface's line, in encoded y, each player's position may
         be while its ECB is still above it: 0 for a player going up (an ECB lands only coming
-        down), without ``ecb_landing`` and in training."""
-        if not self.ecb_landing or self.training:
+        down), without ``ecb_landing`` and where the rules do not apply (``rules_apply``)."""
+        if not self.ecb_landing or not self.rules_apply:
             return torch.zeros(len(last_ints), NUM_PLAYERS, device=last_ints.device)
         spec = self.spec
         depth = [
@@ -835,7 +843,8 @@ class FrameStackMLP(nn.Module):
                 now("knockback_x") / knockback_scale,
                 now("knockback_y") / knockback_scale,
             )
-            magnitude = torch.hypot(knockback_x, knockback_y).clamp_min(1e-6)
+            # Not hypot: its gradient at no knockback is 0/0, and rules_in_training rolls out through it.
+            magnitude = (knockback_x.square() + knockback_y.square()).clamp_min(1e-12).sqrt()
             keep = (1 - KNOCKBACK_DECAY / magnitude).clamp_min(0)
             y = now("y") + (next_speed + knockback_y * keep) * y_scale
             floor, crossed = self.landing_floor(
@@ -1171,15 +1180,17 @@ class FrameStackMLP(nn.Module):
             outputs[key] = decided_logits(last, outputs[key])
         # Predictions only: rollout training through a respawn shows the motion prior the teleport
         # as a displacement, and exp-7j trained that way rolled out 0.4-0.7 units further
-        # (BENCHMARKS.md); the blast zones' deaths likewise.
+        # (BENCHMARKS.md); the blast zones' deaths likewise. The other rules also in training
+        # with ``rules_in_training``.
         predicting = not self.training
-        if self.action_tables and predicting:
+        ruling = self.rules_apply
+        if self.action_tables and ruling:
             self.follow_action_tables(outputs, float_ctx[:, -1], int_ctx[:, -1], next_ctrl)
         if self.respawn_sequence and predicting:
             respawning = self.follow_death_timers(outputs, int_ctx[:, -1])
         if self.blast_zones and predicting:
             self.blast_zone_deaths(outputs, float_ctx[:, -1], int_ctx[:, -1], stage)
-        if self.hit_tables and predicting:
+        if self.hit_tables and ruling:
             self.land_hits(outputs, float_ctx[:, -1], int_ctx[:, -1])
         if self.binary_flip_tables:
             outputs["binary_logits_raw"] = outputs["binary_logits"]
@@ -1191,13 +1202,13 @@ class FrameStackMLP(nn.Module):
                 key = f"p{p}_hurtbox_logits"
                 outputs.setdefault(f"{key}_raw", outputs[key])
                 outputs[key] = self.hurtbox_logits(outputs, int_ctx[:, -1], p)
-        if self.ground_from_surfaces and predicting:
+        if self.ground_from_surfaces and ruling:
             self.stand_on_surfaces(
                 outputs,
                 float_ctx[:, -1],
                 int_ctx[:, -1],
                 stage,
-                respawning if self.respawn_sequence else None,
+                respawning if self.respawn_sequence and predicting else None,
             )
         if self.stage_surfaces:
             outputs["continuous_delta"] = self.placed_on_surfaces(
@@ -1207,12 +1218,12 @@ class FrameStackMLP(nn.Module):
             outputs["continuous_delta"] = self.respawned_deltas(
                 outputs["continuous_delta"], respawning, float_ctx[:, -1], stage
             )
-        if self.air_physics and predicting:
+        if self.air_physics and ruling:
             self.follow_air_physics(outputs, float_ctx[:, -1], int_ctx[:, -1], next_ctrl, stage)
             if self.ground_from_surfaces:
                 # A landing the air rule decided is on the surface beneath.
                 self.stand_on_surfaces(outputs, float_ctx[:, -1], int_ctx[:, -1], stage, None)
-        if self.ground_friction and predicting:
+        if self.ground_friction and ruling:
             self.follow_ground_friction(outputs, float_ctx[:, -1], int_ctx[:, -1])
         return outputs
 

@@ -162,8 +162,12 @@ def test_rollout_runs_with_each_encoding_flag(root, encoding, heads):
     if heads == "full_state":
         assert report.carried_fields == []
     # The oracle closes the loop exactly under every flag.
-    perfect = rollout(oracle(layout), data, layout, 10, steps=12, starts=5).report
-    assert max(perfect.fields["position"]["model"]) == pytest.approx(0, abs=1e-3)
+    perfect = rollout(oracle(layout), data, layout, 10, steps=12, starts=5)
+    assert max(perfect.report.fields["position"]["model"]) == pytest.approx(0, abs=1e-3)
+    # The trace keeps each step's actions: the oracle's are the real ones, the untrained model's not.
+    assert perfect.model_actions.shape == (5, 12, 2)
+    assert (perfect.model_actions == perfect.true_actions).all()
+    assert (trace.model_actions != trace.true_actions).any()
 
 
 def test_cli_eval_prints_headline_and_writes_report(v22_run, root, capsys):

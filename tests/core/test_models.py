@@ -577,6 +577,28 @@ def test_air_drift_gives_melees_next_air_speed_and_leaves_x_to_the_heads():
         build_model(encoding, ModelConfig(heads="full_state", air_drift=True))
 
 
+def test_rules_in_training_roll_training_out_with_the_rules_and_keep_gradients_finite():
+    # A tap down at the fall speed: the air rule's fast fall, in training too with the option.
+    for option, expected in ((False, -2.0), (True, -3.0)):
+        _, spec, model = air_model(rules_in_training=option)
+        model.train()
+        step = air_step(model, spec, FALL_ACTION, FALL_ACTION, [-2.0], [50.0], [0.0], stick=0.0)
+        assert step["self_y"].item() == pytest.approx(expected)
+    # Rollout training differentiates through predicted frames, here one with no knockback, where
+    # the rule's knockback decay divides by the knockback's length.
+    float_ctx = torch.zeros(2, 10, spec.float_per_frame)
+    float_ctx[:, :, spec.float_col(0, "self_y")] = -2.0 * spec.scale("self_y")
+    float_ctx[:, :, spec.float_col(0, "y")] = 50.0 * spec.scale("y")
+    float_ctx.requires_grad_(True)
+    ints = torch.zeros(2, 10, spec.int_per_frame, dtype=torch.long)
+    ints[:, :, spec.stage_col] = SCENE_STAGE
+    ints[:, :, spec.int_col(0, "character")] = FALLER
+    ints[:, :, spec.int_col(0, "action")] = FALL_ACTION
+    outputs = model(float_ctx, ints, torch.full((2, spec.ctrl_conditioning_dim), 0.5))
+    outputs["continuous_delta"].sum().backward()
+    assert float_ctx.grad is not None and torch.isfinite(float_ctx.grad).all()
+
+
 def test_ground_friction_slows_a_grounded_player_in_a_sliding_action_only():
     encoding, spec, model = table_model(ground_friction=True)
     character, wait, dash = 2, 14, 20
