@@ -1,23 +1,28 @@
 """Train experiment variants and score each one step ahead and in 60-frame rollouts, in one call.
 
-    python bench/sweep.py [--out FILE] [--budget-s S] [--ablate NAME] ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
+    python bench/sweep.py [--out FILE] [--budget-s S] [--starts N] [--ablate NAME] ROOT CONFIG [KEY=VALUE ...] [-- ROOT CONFIG [KEY=VALUE ...]] ...
 
 (the options go first: everything after ROOT belongs to the jobs). One job per GPU on a machine
 with several: ``CUDA_VISIBLE_DEVICES=i python bench/sweep.py --out gi.json ... &`` for each i.
 
-ROOT is a data root (parsed games + manifest, or just the shard folder on a GPU box without
-polars: ``train.ensure_shards`` then uses the folder as it is); CONFIG an experiment file; each
-KEY=VALUE a dotted override (``train.epochs=10``). For each job it trains with ``train_run``, then
-rolls the best checkpoint out from 128 starts over the run's validation games (``eval.rollout``,
-no plots, so it runs where matplotlib is missing) and prints one JSON line: the four headline
-validation metrics beside persistence, the per-field metrics that do not beat persistence, and
-the rollout position error at steps 1-60 for the model, persistence and constant velocity.
-``--budget-s`` skips the jobs that would start after it; ``--out`` also writes the list as JSON.
-``--ablate NAME`` scores the same checkpoint again, one step ahead on the validation games and
-rolled out, with the model's rule NAME (``respawn_sequence``, ``blast_zones``, ``air_physics``,
-``hit_tables``, ``hurtbox_from_invulnerable``, ``ecb_landing``, ``ground_from_surfaces``,
-``action_tables``, ``air_drift``, ``ground_friction``) switched off, and with it on on the same windows, so a rule's effect is
-measured without a second training's noise; a rule the experiment does not use is an error.
+ROOT is a data root (parsed games + manifest, or just the shard folder on a GPU box without polars:
+``train.ensure_shards`` then uses the folder as it is); CONFIG an experiment file; each KEY=VALUE a
+dotted override (``train.epochs=10``). For each job it trains with ``train_run``, then rolls the
+best checkpoint out from ``--starts`` (128, as ``meleewm eval``) starts over the run's validation
+games (``eval.rollout``, no plots, so it runs where matplotlib is missing) and prints one JSON
+line: the four headline validation metrics beside persistence, the per-field metrics that do not
+beat persistence, and the rollout position error at steps 1-60 for the model, persistence and
+constant velocity. ``--budget-s`` skips the jobs that would start after it; ``--out`` also writes
+the list as JSON. ``--ablate NAME`` scores the same checkpoint again, one step ahead on the
+validation games and rolled out, with the model's rule NAME (``respawn_sequence``, ``blast_zones``,
+``air_physics``, ``hit_tables``, ``hurtbox_from_invulnerable``, ``ecb_landing``,
+``ground_from_surfaces``, ``action_tables``, ``air_drift``, ``ground_friction``) switched off, and
+with it on on the same windows, so a rule's effect is measured without a second training's noise; a
+rule the experiment does not use is an error.
+
+Step 60 over 128 starts of one validation game is noisy even paired: one rule's effect measured
+that way on four checkpoints ranged from -0.45 to +0.45 units, where 512 starts put all four on one
+side (BENCHMARKS.md, 2026-11-28 13:15 UTC); ablate with ``--starts 512``.
 """
 
 from __future__ import annotations
@@ -48,15 +53,17 @@ from meleewm_core.train import train_run  # noqa: E402
 HEADLINE = ("action_acc", "action_change_acc", "position_mae", "damage_mae")
 
 
-def rollout_position(run: EvaluableRun, root: DataRoot, context_len: int) -> tuple[RolloutReport, dict]:
-    """The run's 60-step rollout from 128 starts, and its position error per reported step."""
+def rollout_position(
+    run: EvaluableRun, root: DataRoot, context_len: int, starts: int
+) -> tuple[RolloutReport, dict]:
+    """The run's 60-step rollout from ``starts`` starts, and its position error per reported step."""
     report = rollout(
         model_predictor(run.model),
         open_val_data(run, root),
         run.layout,
         context_len,
         steps=60,
-        starts=128,
+        starts=starts,
         device=run.device,
     ).report
     return report, {
@@ -93,7 +100,7 @@ def one_step(run: EvaluableRun, root: DataRoot, context_len: int) -> dict:
     }
 
 
-def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> dict:
+def run_job(root_path: str, config: str, sets: list[str], ablate: list[str], starts: int) -> dict:
     experiment = load_experiment(config, {"train.wandb": False, **parse_assignments(sets)})
     for name in ablate:
         if getattr(experiment.model, name, None) is not True:
@@ -104,14 +111,14 @@ def run_job(root_path: str, config: str, sets: list[str], ablate: list[str]) -> 
     train_s = time.perf_counter() - started
     run = load_run(result.run_dir, "auto")
     context_len = experiment.model.context_len
-    report, position = rollout_position(run, root, context_len)
+    report, position = rollout_position(run, root, context_len, starts)
     ablated = {}
     if ablate:
         ablated["with every rule"] = {"one_step": one_step(run, root, context_len)}
     for name in ablate:
         setattr(run.model, name, False)
         ablated[name] = {
-            "rollout": rollout_position(run, root, context_len)[1],
+            "rollout": rollout_position(run, root, context_len, starts)[1],
             "one_step": one_step(run, root, context_len),
         }
         setattr(run.model, name, True)
@@ -145,6 +152,7 @@ def main() -> None:
     )
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--out")
+    parser.add_argument("--starts", type=int, default=128, help="rollout start points (default 128)")
     parser.add_argument(
         "--ablate",
         action="append",
@@ -169,7 +177,7 @@ def main() -> None:
         if time.perf_counter() > deadline:
             results.append({"root": root_path, "config": config, "overrides": sets, "skipped": "budget"})
             continue
-        results.append(run_job(root_path, config, sets, args.ablate))
+        results.append(run_job(root_path, config, sets, args.ablate, args.starts))
         print(json.dumps(results[-1]), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
