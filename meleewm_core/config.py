@@ -278,17 +278,6 @@ class ModelConfig(StrictModel):
     # (3,432, 1,197 of them moving, where persistence is never right). Saved with the weights;
     # applied to predictions, not in training. Needs full_state heads (the velocity heads).
     ground_friction: bool = False
-    # exp-7r's rollouts hold actions far past where Melee ends them (a down tilt held for 60 frames
-    # where the game ends it after 32, a grab's whiff for 60): they change action on 3.2% of their
-    # frames where the real game does on 8.2% (issue 5 split). With this option a player whose action
-    # the model keeps more than ``action_overrun`` frames past the longest run of it the training
-    # games show for its character (at least 3 runs of it ended there; no limit for an action some
-    # character holds to action_age's cap) takes the heads' most likely other action instead,
-    # starting at ages 0. ``train.action_time_limits`` measures the longest runs. Saved with the
-    # weights; applied to predictions (and in training with rules_in_training). Needs
-    # action_tables (the tables' model: the age heads and action_age).
-    action_time_limits: bool = False
-    action_overrun: int = Field(5, ge=0)
     # The ground id is the last surface a player touched: it changes where a player lands on
     # another surface, walks onto the next segment of the floor or respawns (to 0), and was held
     # (``held_categoricals``) because the head foresaw almost none of those changes. With this

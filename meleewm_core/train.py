@@ -725,29 +725,6 @@ def action_tables(
     return torch.from_numpy(found[decided[keep]]), torch.from_numpy(next_action[keep]), first_state_age
 
 
-def action_time_limits(data: FrameData, min_runs: int = 3) -> torch.Tensor:
-    """(characters, actions): the longest action_age each character reaches in each action on the
-    training games, where at least ``min_runs`` runs of it ended and no character holds it to
-    action_age's cap (an action held that long may last any time: standing, shielding); -1
-    elsewhere."""
-    spec = data.spec
-    characters, actions, cap = spec.vocab("character"), spec.vocab("action"), spec.vocab("action_age")
-    longest = np.full((characters, actions), -1, dtype=np.int64)
-    ended = np.zeros((characters, actions), dtype=np.int64)
-    for _, _, ints in data.game_rows("train"):
-        for p in range(NUM_PLAYERS):
-            character, action, age = (
-                np.asarray(ints[:, spec.int_col(p, name)], dtype=np.int64)
-                for name in ("character", "action", "action_age")
-            )
-            np.maximum.at(longest, (character, action), age)
-            ends = np.flatnonzero(action[1:] != action[:-1])
-            np.add.at(ended, (character[ends], action[ends]), 1)
-    held = (longest >= cap - 2).any(0)
-    bounded = (ended >= min_runs) & ~held[None, :]
-    return torch.from_numpy(np.where(bounded, longest, -1))
-
-
 def respawn_tables(
     data: FrameData, layout: HeadLayout, min_frames: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1387,8 +1364,6 @@ def train_run(
                 cfg_model.action_table_agreement,
             )
             model.calibrate_action_tables(*(table.to(device) for table in tables))
-        if experiment.model.action_time_limits and hasattr(model, "calibrate_action_time_limits"):
-            model.calibrate_action_time_limits(action_time_limits(data).to(device))
         if experiment.model.respawn_sequence and hasattr(model, "calibrate_respawn"):
             model.calibrate_respawn(*(table.to(device) for table in respawn_tables(data, layout)))
         if experiment.model.blast_zones and hasattr(model, "calibrate_blast_zones"):

@@ -294,17 +294,6 @@ class FrameStackMLP(nn.Module):
                 "action_first_state_age", torch.zeros(spec.vocab("action"), dtype=torch.long)
             )
             self.hitlag_slots = self.player_slots("hitlag")
-        self.action_time_limits = model.action_time_limits
-        if model.action_time_limits:
-            if not model.action_tables:
-                raise ValueError(
-                    "model.action_time_limits needs model.action_tables (the age heads and action_age)"
-                )
-            self.action_overrun = model.action_overrun
-            # No limit (-1: the heads decide) until ``calibrate_action_time_limits``; saved with the weights.
-            self.register_buffer(
-                "longest_action", torch.full((spec.vocab("character"), spec.vocab("action")), -1)
-            )
 
         self.respawn_sequence = model.respawn_sequence
         if model.respawn_sequence:
@@ -714,27 +703,6 @@ class FrameStackMLP(nn.Module):
                         outputs[head] = torch.where(
                             starts[:, None], decided_logits(first, outputs[head]), outputs[head]
                         )
-
-    @torch.no_grad()
-    def calibrate_action_time_limits(self, longest: torch.Tensor) -> None:
-        """Set the longest action_age each character's actions reach (``action_time_limits``), as
-        measured by ``train.action_time_limits``; -1 where there is no limit."""
-        self.longest_action.copy_(longest)
-
-    def end_overrun_actions(self, outputs: dict[str, torch.Tensor], last_ints: torch.Tensor) -> None:
-        """A player the model keeps in its action more than ``action_overrun`` frames past the
-        longest run of it its character has on the training games takes the heads' most likely
-        other action."""
-        spec = self.spec
-        for p in range(NUM_PLAYERS):
-            character, action, age = (
-                last_ints[:, spec.int_col(p, name)] for name in ("character", "action", "action_age")
-            )
-            limit = self.longest_action[character, action]
-            logits = outputs[f"p{p}_action_logits"]
-            overrun = (limit >= 0) & (logits.argmax(1) == action) & (age + 1 > limit + self.action_overrun)
-            other = logits.scatter(1, action[:, None], torch.finfo(logits.dtype).min).argmax(1)
-            self.decide_action(outputs, p, overrun, other)
 
     def land_hits(
         self, outputs: dict[str, torch.Tensor], last_floats: torch.Tensor, last_ints: torch.Tensor
@@ -1257,9 +1225,6 @@ class FrameStackMLP(nn.Module):
                 self.stand_on_surfaces(outputs, float_ctx[:, -1], int_ctx[:, -1], stage, None)
         if self.ground_friction and ruling:
             self.follow_ground_friction(outputs, float_ctx[:, -1], int_ctx[:, -1])
-        # Last, as measured: the other rules act on the action the heads and the tables kept.
-        if self.action_time_limits and ruling:
-            self.end_overrun_actions(outputs, int_ctx[:, -1])
         return outputs
 
 
