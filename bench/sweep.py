@@ -21,8 +21,8 @@ with it on on the same windows, so a rule's effect is measured without a second 
 rule the experiment does not use is an error.
 
 Step 60 over 128 starts of one validation game is noisy even paired: one rule's effect measured
-that way on four checkpoints ranged from -0.45 to +0.45 units, where 512 starts put all four on one
-side (BENCHMARKS.md, 2026-11-28 12:44-14:00 UTC); ablate with ``--starts 512``.
+that way on four checkpoints ranged from -0.45 to +0.45 units, where over 512 starts none of the four
+was further off (BENCHMARKS.md, 2026-11-28 12:44-14:00 UTC); ablate with ``--starts 512``.
 """
 
 from __future__ import annotations
