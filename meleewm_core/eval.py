@@ -37,11 +37,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from meleewm_core.config import ExperimentConfig
 from meleewm_core.data import Batch, FrameData, WindowColumns, gather_batch, make_batches
@@ -100,6 +100,10 @@ class EvalError(RuntimeError):
     """A run cannot be evaluated; the message names the file and the cause."""
 
 
+# report.json writes NaN (no frames to score) as null; reading it back turns null into NaN again.
+Score = Annotated[float, BeforeValidator(lambda value: float("nan") if value is None else value)]
+
+
 class RolloutReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,13 +113,14 @@ class RolloutReport(BaseModel):
     starts: list[dict[str, Any]]  # game md5 and first predicted frame row of each rollout
     counts: list[int]  # rollouts still valid (no death/respawn yet) at each step
     # field -> predictor ("model", "persistence", "constant_velocity") -> error per step.
-    # Continuous fields: MAE in game units; binaries and categoricals: accuracy.
-    fields: dict[str, dict[str, list[float]]]
-    at_steps: dict[str, dict[str, dict[str, float]]]  # field -> str(step) -> predictor -> value
+    # Continuous fields: MAE in game units; binaries and categoricals: accuracy. "position" is the
+    # MAE over both axes and players; "distance" the Euclidean x/y distance, averaged over players.
+    fields: dict[str, dict[str, list[Score]]]
+    at_steps: dict[str, dict[str, dict[str, Score]]]  # field -> str(step) -> predictor -> value
     carried_fields: list[str]
     death_rule: str
-    stock_loss: dict[str, float]
-    sanity: dict[str, float]
+    stock_loss: dict[str, Score]
+    sanity: dict[str, Score]
 
 
 class EvalReport(BaseModel):
@@ -131,8 +136,11 @@ class EvalReport(BaseModel):
     val_md5s: list[str]
     teacher_forced_frames: int
     # metric -> {"model": v, "persistence" (or "copy_previous"): v, "constant_velocity": v (x/y only)}
-    teacher_forced: dict[str, dict[str, float]]
+    teacher_forced: dict[str, dict[str, Score]]
     rollout: RolloutReport | None
+    # One rollout from the start of each validation game long enough (the reference's protocol).
+    game_start_steps: int = 0
+    rollout_from_game_start: RolloutReport | None = None
     # subsystem -> {"definition", "frames", "predicted_by_heads", "metrics": {metric: {predictor: v}}}
     subsystems: dict[str, dict[str, Any]]
     plots: dict[str, Path]
@@ -145,6 +153,10 @@ class EvalReport(BaseModel):
     rollout_position_error: float | None = None
     rollout_position_error_persistence: float | None = None
     rollout_position_error_constant_velocity: float | None = None
+    # From game start, at step ``rollout_last_step`` (or the last, if sooner) and at the last step.
+    game_start_position_error: float | None = None
+    game_start_position_error_constant_velocity: float | None = None
+    game_start_position_error_last: float | None = None
     stick_mae: float | None = None
     stick_mae_copy_previous: float | None = None
     button_acc: float | None = None
@@ -600,16 +612,21 @@ def choose_starts(
     context_len: int,
     steps: int,
     starts: int,
+    *,
+    from_game_start: bool = False,
 ) -> list[tuple[str, int]]:
     """``starts`` (md5, row) of first predicted frames, spread evenly over every game's valid rows.
 
     A start needs ``context_len`` real frames before it (at least 2, for constant velocity), room
     for ``steps`` frames, and both players alive and not respawning on its last context frame.
+    ``from_game_start`` takes instead the first such row of every game (``starts`` is ignored).
     """
     action_cols = [spec.int_col(p, "action") for p in range(NUM_PLAYERS)]
     candidates = []
     for md5, first, num_frames in games:
         rows = np.arange(first + max(context_len, 2), first + num_frames - steps + 1)
+        if from_game_start:
+            rows = rows[:1]
         if len(rows) == 0:
             continue
         last_actions = ints[rows - 1][:, action_cols]
@@ -619,6 +636,8 @@ def choose_starts(
         raise EvalError(
             f"no validation game is long enough for a rollout of {steps} steps after {context_len} frames"
         )
+    if from_game_start:
+        return candidates
     picks = np.unique(np.linspace(0, len(candidates) - 1, min(starts, len(candidates))).round().astype(int))
     return [candidates[i] for i in picks]
 
@@ -631,13 +650,17 @@ def rollout(
     *,
     steps: int = 60,
     starts: int = 64,
+    from_game_start: bool = False,
     device: torch.device | str = "cpu",
 ) -> RolloutTrace:
-    """Roll ``predict`` out on its own predictions with the real controllers; baselines alike."""
+    """Roll ``predict`` out on its own predictions with the real controllers; baselines alike.
+
+    ``from_game_start`` rolls out once from each validation game's first ``context_len`` frames
+    (the countdown before "GO"), as the reference implementation's ``rollout.py`` does."""
     spec = layout.spec
     device = torch.device(device)
     floats_np, ints_np, games = val_arrays(data)
-    chosen = choose_starts(ints_np, games, spec, context_len, steps, starts)
+    chosen = choose_starts(ints_np, games, spec, context_len, steps, starts, from_game_start=from_game_start)
     floats = torch.from_numpy(floats_np).to(device)
     ints = torch.from_numpy(ints_np).to(device).long()
     cols = WindowColumns(spec, context_len, device)
@@ -660,7 +683,7 @@ def rollout(
         errors[name]["constant_velocity"] = torch.zeros(steps)
     counts = torch.zeros(steps)
     valid = torch.zeros(n, steps, dtype=torch.bool)
-    xy = {k: torch.zeros(n, steps, NUM_PLAYERS, 2) for k in ("true", "model", "cv")}
+    xy = {k: torch.zeros(n, steps, NUM_PLAYERS, 2) for k in ("true", "model", "persistence", "cv")}
     actions = {k: torch.zeros(n, steps, NUM_PLAYERS, dtype=torch.long) for k in ("true", "model")}
     ended = torch.zeros(n, dtype=torch.bool, device=device)
     true_loss_step = torch.full((n,), -1, dtype=torch.long)
@@ -718,6 +741,7 @@ def rollout(
                 guess = last + (step + 1) * (last - before)
                 err = err + (guess - _field(real.float_tgt, spec, p, name)).abs()
                 xy["cv"][:, step, p, "xy".index(name)] = guess.cpu()
+                xy["persistence"][:, step, p, "xy".index(name)] = last.cpu()
                 xy["true"][:, step, p, "xy".index(name)] = _field(real.float_tgt, spec, p, name).cpu()
                 xy["model"][:, step, p, "xy".index(name)] = _field(pred_f, spec, p, name).cpu()
             cv_err[name] = (err / NUM_PLAYERS)[ok].sum().item()
@@ -735,6 +759,10 @@ def rollout(
         ctx_f = torch.cat([ctx_f[:, 1:], pred_f[:, None]], dim=1)
         ctx_i = torch.cat([ctx_i[:, 1:], pred_i[:, None]], dim=1)
 
+    errors["distance"] = {
+        who: (torch.linalg.vector_norm(xy[key] - xy["true"], dim=-1).mean(-1) * valid).sum(0)
+        for who, key in (("model", "model"), ("persistence", "persistence"), ("constant_velocity", "cv"))
+    }
     safe_counts = counts.clamp(min=1)
     fields = {
         name: {
@@ -825,9 +853,15 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = 1024,
     plot_starts: int = 4,
+    game_start_steps: int = 500,
     progress: bool = True,
 ) -> EvalReport:
-    """Evaluate a run on its validation games; write ``run_dir/eval/{report.json, report.md, *.png}``."""
+    """Evaluate a run on its validation games; write ``run_dir/eval/{report.json, report.md, *.png}``.
+
+    Besides the ``starts`` rollouts of ``steps`` frames spread over the validation games, rolls out
+    ``game_start_steps`` frames from the start of each validation game long enough (0: not at all),
+    the protocol of the reference implementation's figures.
+    """
     from meleewm_core.plots import plot_policy, plot_rollout_errors, plot_subsystems, plot_trajectories
     from meleewm_core.store import write_json_atomic, write_text_atomic
 
@@ -888,6 +922,35 @@ def evaluate_run(
         }
         last = trace.report.steps[-1]
         position = trace.report.fields["position"]
+        from_start = None
+        if game_start_steps:
+            try:
+                from_start = rollout(
+                    predict,
+                    data,
+                    run.layout,
+                    context_len,
+                    steps=game_start_steps,
+                    from_game_start=True,
+                    device=run.device,
+                ).report
+            except EvalError:  # no validation game is long enough: the report says so
+                pass
+        if from_start is not None:
+            plots["rollout_from_game_start"] = plot_rollout_errors(
+                from_start,
+                out_dir / "rollout_from_game_start.png",
+                title=f"Rollout from the start of {from_start.num_starts} validation game(s), real controller inputs",
+            )
+            start_position = from_start.fields["position"]
+            at = min(last, game_start_steps) - 1
+            from_start_headline = dict(
+                game_start_position_error=start_position["model"][at],
+                game_start_position_error_constant_velocity=start_position["constant_velocity"][at],
+                game_start_position_error_last=start_position["model"][-1],
+            )
+        else:
+            from_start_headline = {}
         report = EvalReport(
             kind="world_model",
             heads=run.experiment.model.heads,
@@ -904,6 +967,9 @@ def evaluate_run(
             rollout_position_error=position["model"][-1],
             rollout_position_error_persistence=position["persistence"][-1],
             rollout_position_error_constant_velocity=position["constant_velocity"][-1],
+            game_start_steps=game_start_steps,
+            rollout_from_game_start=from_start,
+            **from_start_headline,
             seconds=0.0,
             **common,
         )
@@ -928,6 +994,40 @@ def _fmt(value: Any) -> str:
 def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+GAME_START_PREFACE = (
+    "One rollout per validation game, its context the game's first frames (the countdown before GO, "
+    "when the players cannot act yet), as the reference implementation's rollout.py seeds it. Players "
+    "barely move early on, so persistence and constant velocity are strong here: compare against them."
+)
+
+
+def _rollout_lines(title: str, rollout: RolloutReport, *, preface: str = "") -> list[str]:
+    lines = [title, ""] + ([preface, ""] if preface else [])
+    header = ["field", "predictor"] + [f"step {s}" for s in rollout.report_steps]
+    rows = []
+    for name in ("position", "distance", "x", "y", "percent", "shield", "action", "on_ground"):
+        for who in rollout.at_steps.get(name, {}).get(str(rollout.report_steps[0]), {}):
+            rows.append([name, who] + [rollout.at_steps[name][str(s)][who] for s in rollout.report_steps])
+    rows.append(["(rollouts counted)", ""] + [rollout.counts[s - 1] for s in rollout.report_steps])
+    lines += _table(rows, header)
+    lines += [
+        "",
+        "Position: absolute error over both axes and players; distance: Euclidean x/y distance, averaged "
+        "over players; percent and shield: MAE; all in game units. Action and on_ground: accuracy.",
+        f"Deaths and respawns: {rollout.death_rule}.",
+        "",
+        "Fields the heads do not predict, carried by persistence during the rollout: "
+        + (", ".join(rollout.carried_fields) or "none")
+        + ".",
+        "",
+        "Stock losses as events: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.stock_loss.items()) + ".",
+        "",
+        "Sanity: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.sanity.items()) + ".",
+        "",
+    ]
     return lines
 
 
@@ -958,33 +1058,24 @@ def report_markdown(report: EvalReport) -> str:
     ]
     lines += _table(rows, ["metric", "model", "persistence", "constant velocity"])
     lines += ["", "MAE in game units; accuracies in 0..1.", ""]
-    rollout = report.rollout
-    if rollout is not None:
+    if report.rollout is not None:
+        lines += _rollout_lines(
+            f"## Rollout ({report.rollout.num_starts} starts, {report.rollout.steps[-1]} steps, real controllers)",
+            report.rollout,
+        )
+    if report.rollout_from_game_start is not None:
+        lines += _rollout_lines(
+            f"## Rollout from each validation game's start ({report.rollout_from_game_start.num_starts} game(s), "
+            f"{report.game_start_steps} steps): the reference's protocol",
+            report.rollout_from_game_start,
+            preface=GAME_START_PREFACE,
+        )
+    elif report.game_start_steps:
         lines += [
-            f"## Rollout ({rollout.num_starts} starts, {rollout.steps[-1]} steps, real controllers)",
+            "## Rollout from each validation game's start",
             "",
-        ]
-        header = ["field", "predictor"] + [f"step {s}" for s in rollout.report_steps]
-        rows = []
-        for name in ("position", "x", "y", "percent", "shield", "action", "on_ground"):
-            for who in rollout.at_steps.get(name, {}).get(str(rollout.report_steps[0]), {}):
-                rows.append([name, who] + [rollout.at_steps[name][str(s)][who] for s in rollout.report_steps])
-        rows.append(["(rollouts counted)", ""] + [rollout.counts[s - 1] for s in rollout.report_steps])
-        lines += _table(rows, header)
-        lines += [
-            "",
-            "Position, percent and shield: MAE in game units; action and on_ground: accuracy.",
-            f"Deaths and respawns: {rollout.death_rule}.",
-            "",
-            "Fields the heads do not predict, carried by persistence during the rollout: "
-            + (", ".join(rollout.carried_fields) or "none")
-            + ".",
-            "",
-            "Stock losses as events: "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.stock_loss.items())
-            + ".",
-            "",
-            "Sanity: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rollout.sanity.items()) + ".",
+            f"Skipped: no validation game has {report.game_start_steps} frames to roll out after its first "
+            "context frames.",
             "",
         ]
     lines += ["## Per-subsystem accuracy (teacher-forced)", ""]
@@ -1008,6 +1099,9 @@ def report_markdown(report: EvalReport) -> str:
         "* `trajectories.png`: real against predicted x/y paths of both players for a few starts; a cross marks "
         "where a death/respawn ends the scored part.",
         "* `subsystems.png`: each subsystem's metrics, model against persistence.",
-        "",
     ]
+    if "rollout_from_game_start" in report.plots:
+        lines.append(
+            "* `rollout_from_game_start.png`: the same curves for the rollouts from each game's start."
+        )
     return "\n".join(lines) + "\n"

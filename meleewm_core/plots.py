@@ -35,17 +35,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_rollout_errors(rollout, path: Path) -> Path:
+def plot_rollout_errors(rollout, path: Path, *, title: str | None = None) -> Path:
     """Error (or accuracy) against rollout step, model against the baselines rolled out the same way."""
     fig, axes = plt.subplots(1, len(ROLLOUT_PANELS), figsize=(4.2 * len(ROLLOUT_PANELS), 3.6))
-    for ax, (field, title) in zip(axes, ROLLOUT_PANELS, strict=True):
+    for ax, (field, panel_title) in zip(axes, ROLLOUT_PANELS, strict=True):
         for who, values in rollout.fields.get(field, {}).items():
             ax.plot(rollout.steps, values, label=who.replace("_", " "), **STYLES[who])
-        ax.set_title(title)
+        ax.set_title(panel_title)
         ax.set_xlabel("rollout step (frames)")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"Rollout from {rollout.num_starts} validation starts, real controller inputs", y=1.03)
+    fig.suptitle(
+        title or f"Rollout from {rollout.num_starts} validation starts, real controller inputs", y=1.03
+    )
     return _save(fig, path)
 
 

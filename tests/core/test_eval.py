@@ -15,6 +15,7 @@ from meleewm_core.encoding import EncodingSpec, head_layout
 from meleewm_core.eval import (
     REPORT_STEPS,
     SUBSYSTEM_DEFINITIONS,
+    EvalReport,
     EvaluableRun,
     evaluate_run,
     load_run,
@@ -22,6 +23,7 @@ from meleewm_core.eval import (
     open_val_data,
     rollout,
     teacher_forced,
+    val_arrays,
 )
 from meleewm_core.models import build_model
 from meleewm_core.train import ensure_shards, train_run
@@ -41,7 +43,7 @@ def v22_run(root):
 
 @pytest.fixture(scope="module")
 def report(v22_run, root):
-    return evaluate_run(v22_run.run_dir, root, steps=20, starts=8, progress=False)
+    return evaluate_run(v22_run.run_dir, root, steps=20, starts=8, game_start_steps=30, progress=False)
 
 
 def test_report_has_every_section_with_consistent_shapes(report, v22_run):
@@ -72,6 +74,31 @@ def test_report_has_every_section_with_consistent_shapes(report, v22_run):
     assert set(saved["subsystems"]) == set(SUBSYSTEM_DEFINITIONS)
     assert report.position_mae == pytest.approx(saved["teacher_forced"]["position_mae"]["model"])
     assert (v22_run.run_dir / "eval" / "report.md").read_text().startswith("# Evaluation of eval-v22")
+    # The file reads back into the report it was written from (its NaNs, written as null, included).
+    reread = EvalReport.model_validate_json((v22_run.run_dir / "eval" / "report.json").read_text())
+    assert reread.model_dump_json() == report.model_dump_json()
+
+
+def test_rollouts_from_game_start_begin_after_each_validation_games_first_context(report, v22_run, root):
+    from_start = report.rollout_from_game_start
+    games = val_arrays(open_val_data(_world(v22_run.run_dir), root))[2]
+    assert {md5 for md5, _, _ in games} == set(report.val_md5s)
+    long_enough = [md5 for md5, _, num_frames in games if num_frames >= 10 + 30]
+    assert long_enough, "the test data needs a validation game of 40 frames"
+    assert from_start.starts == [{"md5": md5, "row": 10} for md5 in long_enough]
+    assert from_start.steps == list(range(1, 31)) and from_start.report_steps == [1, 5, 10, 20, 30]
+    position = from_start.fields["position"]
+    assert report.game_start_position_error == pytest.approx(position["model"][19])
+    assert report.game_start_position_error_constant_velocity == pytest.approx(
+        position["constant_velocity"][19]
+    )
+    assert report.game_start_position_error_last == pytest.approx(position["model"][-1])
+    assert "Rollout from each validation game's start" in (v22_run.run_dir / "eval" / "report.md").read_text()
+    # Euclidean distance per player lies between the per-axis mean error and twice it.
+    for rolled in (report.rollout, from_start):
+        for who, distances in rolled.fields["distance"].items():
+            for distance, error in zip(distances, rolled.fields["position"][who], strict=True):
+                assert error - 1e-4 <= distance <= 2 * error + 1e-4, who
 
 
 def test_only_validation_games_are_used(report, v22_run):
@@ -84,7 +111,7 @@ def test_only_validation_games_are_used(report, v22_run):
 
 
 def test_plots_are_non_empty_pngs(report):
-    assert set(report.plots) == {"rollout_error", "trajectories", "subsystems"}
+    assert set(report.plots) == {"rollout_error", "trajectories", "subsystems", "rollout_from_game_start"}
     for path in report.plots.values():
         data = path.read_bytes()
         assert data[:8] == PNG_SIGNATURE, path
@@ -128,9 +155,14 @@ def test_oracle_scores_zero_error_and_persistence_equals_its_baseline(v22_run, r
     for field in ("x", "y", "percent", "shield", "position"):
         assert max(rolled.fields[field]["model"]) == pytest.approx(0, abs=1e-3), field
     assert min(rolled.fields["action"]["model"]) == 1.0
-    held = rollout(persistence(run.layout), data, run.layout, 10, steps=15, starts=6).report
-    for field, by in held.fields.items():
-        assert by["model"] == pytest.approx(by["persistence"], abs=1e-5), field
+    for from_game_start in (False, True):
+        held = rollout(
+            persistence(run.layout), data, run.layout, 10, steps=15, starts=6, from_game_start=from_game_start
+        ).report
+        for field, by in held.fields.items():
+            assert by["model"] == pytest.approx(by["persistence"], abs=1e-5), (field, from_game_start)
+    from_start = rollout(oracle(run.layout), data, run.layout, 10, steps=15, from_game_start=True).report
+    assert max(from_start.fields["position"]["model"]) == pytest.approx(0, abs=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -179,6 +211,21 @@ def test_cli_eval_prints_headline_and_writes_report(v22_run, root, capsys):
     assert "rollout step 10" in out and "persistence" in out
     saved = json.loads((v22_run.run_dir / "eval" / "report.json").read_text())
     assert saved["rollout"]["steps"][-1] == 10
+    assert "from the start of" in out and saved["rollout_from_game_start"]["steps"][-1] == 500
+
+    code = main(
+        ["eval", str(v22_run.run_dir), "--data", str(root.root), "--steps", "10", "--starts", "4"]
+        + ["--game-start-steps", "1000000", "--quiet"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "no validation game is long enough for 1000000 steps from its start" in out
+    saved = json.loads((v22_run.run_dir / "eval" / "report.json").read_text())
+    assert saved["rollout_from_game_start"] is None
+    assert (
+        "Skipped: no validation game has 1000000 frames"
+        in (v22_run.run_dir / "eval" / "report.md").read_text()
+    )
 
 
 def test_cli_eval_names_a_folder_that_is_not_a_run(tmp_path, capsys):

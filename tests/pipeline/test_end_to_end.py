@@ -22,7 +22,7 @@ TINY_RUN_CONFIG = {
     "ops": {
         "encoded_shards": {"config": {"experiment": "tiny"}},
         "world_model": {"config": {"experiment": "tiny"}},
-        "model_evaluation": {"config": {"steps": 10, "starts": 2}},
+        "model_evaluation": {"config": {"steps": 10, "starts": 2, "game_start_steps": 30}},
     }
 }
 
@@ -129,6 +129,8 @@ def test_whole_graph_from_http_sources_to_evaluated_checkpoint(
     evaluation = latest_metadata(instance, "model_evaluation")
     assert Path(evaluation["report_json"]).is_file()
     assert Path(evaluation["run_dir"]) == Path(trained["run_dir"])
+    assert Path(evaluation["plot_rollout_from_game_start"]).is_file()
+    assert evaluation["game_start_steps"] == 30 and evaluation["game_start_position_error_last"] >= 0
 
     # The imitation policy trains off the same shards and is scored beside copy-previous.
     policy = dg.materialize(

@@ -12,6 +12,10 @@ from meleewm_pipeline.defs.train.assets import world_model
 class EvaluationConfig(dg.Config):
     steps: int = Field(60, description="rollout length in frames")
     starts: int = Field(64, description="rollout start points drawn from the validation games")
+    game_start_steps: int = Field(
+        500,
+        description="frames rolled out from each validation game's start (the reference's protocol); 0 skips",
+    )
 
 
 @dg.asset(
@@ -29,7 +33,13 @@ def model_evaluation(
     if event is None or event.asset_materialization is None:
         raise dg.Failure(description="world_model has no materialization yet: materialize it first")
     run_dir = Path(event.asset_materialization.metadata["run_dir"].value)
-    report = evaluate_run(run_dir, melee.root(), steps=config.steps, starts=config.starts)
+    report = evaluate_run(
+        run_dir,
+        melee.root(),
+        steps=config.steps,
+        starts=config.starts,
+        game_start_steps=config.game_start_steps,
+    )
     eval_dir = run_dir / "eval"
     # The flat headline fields of the report (position_mae, action_acc, ... and their persistence twins).
     summary = {
