@@ -619,7 +619,8 @@ def choose_starts(
 
     A start needs ``context_len`` real frames before it (at least 2, for constant velocity), room
     for ``steps`` frames, and both players alive and not respawning on its last context frame.
-    ``from_game_start`` takes instead the first such row of every game (``starts`` is ignored).
+    ``from_game_start`` takes instead the first such row of each game (of ``starts`` games, spread
+    evenly, where there are more).
     """
     action_cols = [spec.int_col(p, "action") for p in range(NUM_PLAYERS)]
     candidates = []
@@ -636,8 +637,6 @@ def choose_starts(
         raise EvalError(
             f"no validation game is long enough for a rollout of {steps} steps after {context_len} frames"
         )
-    if from_game_start:
-        return candidates
     picks = np.unique(np.linspace(0, len(candidates) - 1, min(starts, len(candidates))).round().astype(int))
     return [candidates[i] for i in picks]
 
@@ -656,7 +655,8 @@ def rollout(
     """Roll ``predict`` out on its own predictions with the real controllers; baselines alike.
 
     ``from_game_start`` rolls out once from each validation game's first ``context_len`` frames
-    (the countdown before "GO"), as the reference implementation's ``rollout.py`` does."""
+    (the countdown before "GO"; at most ``starts`` games), as the reference implementation's
+    ``rollout.py`` does."""
     spec = layout.spec
     device = torch.device(device)
     floats_np, ints_np, games = val_arrays(data)
@@ -859,8 +859,9 @@ def evaluate_run(
     """Evaluate a run on its validation games; write ``run_dir/eval/{report.json, report.md, *.png}``.
 
     Besides the ``starts`` rollouts of ``steps`` frames spread over the validation games, rolls out
-    ``game_start_steps`` frames from the start of each validation game long enough (0: not at all),
-    the protocol of the reference implementation's figures.
+    ``game_start_steps`` frames from the start of each validation game long enough (of ``starts``
+    of them where there are more; 0: not at all), the protocol of the reference implementation's
+    figures.
     """
     from meleewm_core.plots import plot_policy, plot_rollout_errors, plot_subsystems, plot_trajectories
     from meleewm_core.store import write_json_atomic, write_text_atomic
@@ -931,6 +932,7 @@ def evaluate_run(
                     run.layout,
                     context_len,
                     steps=game_start_steps,
+                    starts=starts,
                     from_game_start=True,
                     device=run.device,
                 ).report

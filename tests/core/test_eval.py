@@ -163,6 +163,10 @@ def test_oracle_scores_zero_error_and_persistence_equals_its_baseline(v22_run, r
             assert by["model"] == pytest.approx(by["persistence"], abs=1e-5), (field, from_game_start)
     from_start = rollout(oracle(run.layout), data, run.layout, 10, steps=15, from_game_start=True).report
     assert max(from_start.fields["position"]["model"]) == pytest.approx(0, abs=1e-3)
+    capped = rollout(
+        oracle(run.layout), data, run.layout, 10, steps=15, starts=1, from_game_start=True
+    ).report
+    assert capped.num_starts == 1 and capped.starts[0] in from_start.starts
 
 
 @pytest.mark.parametrize(
