@@ -7,7 +7,8 @@ into ``--data`` unless a manifest is already there, trains ``baseline-v22``, ``e
 ``exp-6a-motion-prior``, ``exp-7c-motion-gate``, ``exp-7d-stage-surfaces``, ``exp-7e-transition-head``,
 ``exp-7h-mirror-swap``, ``exp-7i-flip-tables``, ``exp-7k-blast-zones``, ``exp-7l-air-physics``,
 ``exp-7m-hurtbox``, ``exp-7n-hit-tables``, ``exp-7o-landings``, ``exp-7r-ground-friction`` (with exp-7p's
-and exp-7q's rules; the last ten rollout-trained: 25-80 minutes each on a 2-core CPU) and
+and exp-7q's rules), ``exp-7u-entry-platform`` (the last eleven rollout-trained: 25-80 minutes each
+on a 2-core CPU) and
 ``policy-v22`` for
 ``--epochs`` epochs each (the reference's figures are after 3), runs ``evaluate_run`` on each
 (``--steps`` rollout frames from ``--starts`` starts) and prints one row per target: the figure,
@@ -196,6 +197,7 @@ def main() -> int:
         ("exp-7n-hit-tables", "world"),
         ("exp-7o-landings", "world"),
         ("exp-7r-ground-friction", "world"),
+        ("exp-7u-entry-platform", "world"),
         ("policy-v22", "policy"),
     ):
         experiment = load_experiment(REPO / "experiments" / f"{config}.yaml", overrides)

@@ -302,6 +302,16 @@ class ModelConfig(StrictModel):
     # players fall through holding down and the landing actions on the training games. Saved with
     # the weights; applied to predictions, not in training. Needs stage_surfaces.
     ecb_landing: bool = False
+    # Every game starts on the entry platform: the players stand still in Entry, then the platform
+    # carries them up in EntryStart and down in EntryEnd at one speed per game (0.035-0.080 units
+    # a frame on the training games; x never moves), before they drop onto the stage. On every
+    # such frame of the shared replays the movement of the frame before, its direction set by the
+    # last action, gives the next one exactly (Entry to EntryStart, whose speed no earlier frame
+    # shows, aside). Those frames are 0.8% of the training frames, and exp-7r's heads sank the
+    # players 2-15 units below the platform in a rollout from a game's start. With this option a
+    # player whose last and predicted actions are entry actions keeps x and moves y so. No
+    # measurement; applied to predictions, not in training. Needs context_len >= 2.
+    entry_platform: bool = False
     # The rules above that apply to predictions only (action_tables, hit_tables, air_physics with
     # air_drift, ground_friction, ground_from_surfaces, ecb_landing) also apply in training, so
     # rollout training (train.rollout_steps) builds the same rollouts evaluation does and the x/y

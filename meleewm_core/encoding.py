@@ -82,6 +82,8 @@ BINARY_FIELDS = ("facing", "invulnerable", "on_ground")
 DEATH_ACTIONS = range(0, 11)
 DEATH_OR_RESPAWN_ACTIONS = range(0, 14)
 REBIRTH_ACTION = 12
+# ENTRY, ENTRY_START, ENTRY_END: the countdown's entry platform, before the players can act.
+ENTRY_ACTION, ENTRY_START_ACTION, ENTRY_END_ACTION = 322, 323, 324
 # The blast zone each DEAD_* action leaves through: DEAD_DOWN, DEAD_LEFT, DEAD_RIGHT, then the
 # DEAD_UP variants (star KOs, falls toward the camera).
 BLAST_SIDES = ("left", "right", "bottom", "top")

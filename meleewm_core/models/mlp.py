@@ -20,6 +20,9 @@ from meleewm_core.encoding import (
     CONTROLLER_FIELDS,
     DEATH_ACTIONS,
     DEATH_OR_RESPAWN_ACTIONS,
+    ENTRY_ACTION,
+    ENTRY_END_ACTION,
+    ENTRY_START_ACTION,
     FREE_FALL_ACTIONS,
     JUMP_ACTIONS,
     KNOCKBACK_DECAY,
@@ -381,6 +384,11 @@ class FrameStackMLP(nn.Module):
             # with the weights.
             self.register_buffer("ground_span", torch.zeros(spec.vocab("stage"), spec.vocab("ground"), 2))
         self.ecb_landing = model.ecb_landing
+        if model.entry_platform and model.context_len < 2:
+            raise ValueError("model.entry_platform needs model.context_len >= 2 (the platform's speed)")
+        # Measures nothing, so a trained model can switch it on as it is (bench/entry_platform.py).
+        self.entry_platform = model.entry_platform
+        self.entry_slots = list(zip(self.player_slots("x"), self.player_slots("y"), strict=True))
         self.rules_in_training = model.rules_in_training
         if model.ecb_landing:
             if not model.stage_surfaces:
@@ -584,6 +592,30 @@ class FrameStackMLP(nn.Module):
         self.landing_depth.copy_(torch.where(known, depth, 0.0))
         self.surface_passable.copy_(passable)
         self.landing_action.copy_(landing_action)
+
+    def ride_entry_platform(
+        self,
+        outputs: dict[str, torch.Tensor],
+        last_floats: torch.Tensor,
+        before_floats: torch.Tensor,
+        last_ints: torch.Tensor,
+    ) -> None:
+        """Players predicted to stay on the entry platform keep x and move y at the platform's last
+        speed, up after EntryStart, down after EntryEnd, not at all after Entry (``entry_platform``).
+        Entry to EntryStart is left to the heads: no earlier frame shows the platform's speed."""
+        delta = outputs["continuous_delta"].float()
+        entry = torch.tensor([ENTRY_ACTION, ENTRY_START_ACTION, ENTRY_END_ACTION], device=last_ints.device)
+        for p, (x_slot, y_slot) in enumerate(self.entry_slots):
+            last = last_ints[:, self.spec.int_col(p, "action")]
+            predicted = outputs[f"p{p}_action_logits"].argmax(1)
+            riding = torch.isin(last, entry) & torch.isin(predicted, entry)
+            riding &= (last != ENTRY_ACTION) | (predicted == ENTRY_ACTION)
+            y_col = self.layout.continuous_cols[y_slot]
+            speed = (last_floats[:, y_col] - before_floats[:, y_col]).float().abs()
+            direction = (last == ENTRY_START_ACTION).float() - (last == ENTRY_END_ACTION).float()
+            delta[:, x_slot] = delta[:, x_slot].masked_fill(riding, 0.0)
+            delta[:, y_slot] = torch.where(riding, speed * direction, delta[:, y_slot])
+        outputs["continuous_delta"] = delta
 
     @property
     def rules_apply(self) -> bool:
@@ -1225,6 +1257,8 @@ class FrameStackMLP(nn.Module):
                 self.stand_on_surfaces(outputs, float_ctx[:, -1], int_ctx[:, -1], stage, None)
         if self.ground_friction and ruling:
             self.follow_ground_friction(outputs, float_ctx[:, -1], int_ctx[:, -1])
+        if self.entry_platform and predicting:
+            self.ride_entry_platform(outputs, float_ctx[:, -1], float_ctx[:, -2], int_ctx[:, -1])
         return outputs
 
 

@@ -230,10 +230,16 @@ def test_world_model_and_evaluation_metadata_tell_what_fed_the_checkpoint(
         assert plot.suffix == ".png" and plot.is_file(), plot
     metadata_value(page, "report").get_by_text("[Show Markdown]").click()
     report = page.get_by_role("dialog")
-    expect(report.get_by_role("heading", name=re.compile("^Rollout"))).to_be_visible()
-    rollout_table = report.get_by_role("table").filter(has=page.get_by_role("columnheader", name="step 1"))
-    expect(rollout_table).to_be_visible()
-    expect(rollout_table.get_by_role("cell", name="persistence", exact=True).first).to_be_visible()
+    expect(report.get_by_role("heading", name=re.compile(r"^Rollout \(\d+ starts"))).to_be_visible()
+    expect(
+        report.get_by_role("heading", name=re.compile("^Rollout from each validation game's start"))
+    ).to_be_visible()
+    rollout_tables = report.get_by_role("table").filter(has=page.get_by_role("columnheader", name="step 1"))
+    expect(rollout_tables).to_have_count(2)
+    for index in range(2):
+        table = rollout_tables.nth(index)
+        expect(table.get_by_role("cell", name="persistence", exact=True).first).to_be_visible()
+    expect(rollout_tables.nth(1).get_by_role("columnheader", name="step 30")).to_be_visible()
 
 
 def test_backfill_of_a_new_inbox_source_updates_the_manifest_and_marks_training_stale(

@@ -362,7 +362,7 @@ def copy_replays(source: Path, names: list[str], destination: Path) -> list[Path
 
 CODE_LOCATION = "meleewm_pipeline.definitions"
 LOCAL_SOURCE = "local"
-EVALUATION_CONFIG = {"steps": 10, "starts": 2}
+EVALUATION_CONFIG = {"steps": 10, "starts": 2, "game_start_steps": 30}
 
 
 def retrain_run_config(experiment: str) -> dict:

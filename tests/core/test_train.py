@@ -905,3 +905,51 @@ def test_ground_friction_measures_melees_friction_and_gives_the_real_ground_spee
         exact += int(((slowed - speed[1:]).abs() < 2e-3)[rows & moving].sum())
     print("moving ground frames in sliding actions, next ground speed exact:", frames, exact)
     assert frames >= 200 and exact >= 0.97 * frames, (frames, exact)
+
+
+def test_entry_platform_moves_players_on_the_platform_as_the_replays_do(root):
+    from meleewm_core.encoding import ENTRY_ACTION, ENTRY_END_ACTION, ENTRY_START_ACTION
+
+    exp, spec, data = experiment_file_data("exp-7u-entry-platform.yaml", root)
+    model = build_model(exp.encoding, exp.model).eval()
+    entry = torch.tensor([ENTRY_ACTION, ENTRY_START_ACTION, ENTRY_END_ACTION])
+    untouched_value = 7.0
+    riding_frames = exact = moving = 0
+    for _, floats, ints in game_tensors(data):
+        rows = torch.arange(10, min(len(floats), 200))
+        batch = gather_batch(floats, ints, rows, WindowColumns(spec, 10, "cpu"))
+        next_actions = [ints[rows, spec.int_col(p, "action")] for p in range(2)]
+        outputs = {
+            "continuous_delta": torch.full((len(rows), len(model.layout.continuous_cols)), untouched_value),
+            **{
+                f"p{p}_action_logits": torch.nn.functional.one_hot(
+                    next_actions[p], spec.vocab("action")
+                ).float()
+                for p in range(2)
+            },
+        }
+        model.ride_entry_platform(
+            outputs, batch.float_ctx[:, -1], batch.float_ctx[:, -2], batch.int_ctx[:, -1]
+        )
+        delta = outputs["continuous_delta"]
+        for p, (x_slot, y_slot) in enumerate(model.entry_slots):
+            last = batch.int_ctx[:, -1, spec.int_col(p, "action")]
+            riding = torch.isin(last, entry) & torch.isin(next_actions[p], entry)
+            riding &= ~((last == ENTRY_ACTION) & (next_actions[p] == ENTRY_START_ACTION))
+            real, ruled = {}, {}
+            for slot, name in ((x_slot, "x"), (y_slot, "y")):
+                col = spec.float_col(p, name)
+                real[slot] = (floats[rows, col] - floats[rows - 1, col]).double() / spec.scale(name)
+                ruled[slot] = delta[:, slot].double() / spec.scale(name)
+            riding_frames += int(riding.sum())
+            moving += int((real[y_slot].abs() > 1e-3)[riding].sum())
+            close = ((ruled[x_slot] - real[x_slot]).abs() < 2e-3) & (
+                (ruled[y_slot] - real[y_slot]).abs() < 2e-3
+            )
+            exact += int(close[riding].sum())
+            # Players off the platform keep the heads' movement.
+            assert (delta[~riding][:, [x_slot, y_slot]] == untouched_value).all()
+    print("frames on the entry platform, movement exact:", riding_frames, exact, "rising or sinking:", moving)
+    assert riding_frames >= 500 and moving >= 200 and exact == riding_frames, (riding_frames, exact)
+    with pytest.raises(ValueError, match="context_len >= 2"):
+        build_model(exp.encoding, exp.model.model_copy(update={"context_len": 1}))
