@@ -74,6 +74,18 @@ def newest_finished_run(root: DataRoot, experiment: ExperimentConfig) -> Path | 
     return None
 
 
+def reference_row(name: str, check: str, position: dict[str, float], reference: float) -> dict:
+    """The rollout target: position error below the reference's and below constant velocity's."""
+    return dict(
+        run=name,
+        check=check,
+        model=position["model"],
+        baseline=position["constant_velocity"],
+        target=f"< {reference} and < constant velocity",
+        met=position["model"] < reference and position["model"] < position["constant_velocity"],
+    )
+
+
 def world_rows(name: str, report) -> list[dict]:
     rows = []
     for metric, by in report.teacher_forced.items():
@@ -95,17 +107,7 @@ def world_rows(name: str, report) -> list[dict]:
     rollout = report.rollout
     last = str(rollout.steps[-1])
     position = rollout.at_steps["position"][last]
-    reference = REFERENCE_ROLLOUT[60]
-    rows.append(
-        dict(
-            run=name,
-            check=f"rollout position error @ step {last}",
-            model=position["model"],
-            baseline=position["constant_velocity"],
-            target=f"< {reference} and < constant velocity",
-            met=position["model"] < reference and position["model"] < position["constant_velocity"],
-        )
-    )
+    rows.append(reference_row(name, f"rollout position error @ step {last}", position, REFERENCE_ROLLOUT[60]))
     rows.append(
         dict(
             run=name,
@@ -118,17 +120,9 @@ def world_rows(name: str, report) -> list[dict]:
     )
     from_start = report.rollout_from_game_start
     for step in [s for s in REFERENCE_ROLLOUT if from_start and s in from_start.report_steps]:
-        position = from_start.at_steps["position"][str(step)]
+        check = f"from game start ({from_start.num_starts} games) @ step {step}"
         rows.append(
-            dict(
-                run=name,
-                check=f"from game start ({from_start.num_starts} games) @ step {step}",
-                model=position["model"],
-                baseline=position["constant_velocity"],
-                target=f"< {REFERENCE_ROLLOUT[step]} and < constant velocity",
-                met=position["model"] < REFERENCE_ROLLOUT[step]
-                and position["model"] < position["constant_velocity"],
-            )
+            reference_row(name, check, from_start.at_steps["position"][str(step)], REFERENCE_ROLLOUT[step])
         )
     return rows
 
